@@ -1,0 +1,192 @@
+"""The `osnas` command line: parse, then call an importable `run_*` function.
+
+User errors (OsnasError) become one line on stderr and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from osnas.errors import OsnasError, one_line
+
+
+def _common(p: argparse.ArgumentParser, sources: bool = True) -> None:
+    if sources:
+        p.add_argument("--sources", default=None, help="comma-separated source datasets (default: built-in synthetic)")
+    p.add_argument("--data-root", default=None, help="datasets folder (default: $OSNAS_DATA or ./data)")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set search.epochs=5 (repeatable)")
+    p.add_argument("--out", default=None, help="run folder to write")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="osnas", description=__doc__.splitlines()[0])
+    from osnas import __version__
+
+    ap.add_argument("--version", action="version", version=f"osnas {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("search", help="bilevel search of IN/BN placement over several source domains")
+    _common(p)
+    p.add_argument("--space", default=None, help="search space name or YAML file")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    p = sub.add_parser("derive", help="freeze a search run's argmax architecture into a genotype file")
+    p.add_argument("--run", required=True, help="search run folder")
+    p.add_argument("--out", default=None, help="genotype file to write (default RUN/genotype.yaml)")
+    p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")
+
+    p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
+    _common(p)
+    p.add_argument("--genotype", required=True, help="genotype file or name (osnet, osnet_ibn, osnet_ain)")
+    p.add_argument("--pretrained", default=None, help="published torchreid weights to start from")
+    p.add_argument("--resume", action="store_true")
+
+    p = sub.add_parser("eval-crossdomain", help="evaluate checkpoints on held-out target datasets")
+    p.add_argument("--checkpoint", required=True, nargs="+", help="one or more retrain checkpoints")
+    p.add_argument("--targets", required=True, help="comma-separated target datasets")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--metric", default=None, choices=["cosine", "euclidean"])
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    p.add_argument("--out", default=None, help="folder for metrics.json and results.md")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("plot", help="plot alpha weights, trajectories and results of runs")
+    p.add_argument("--run", required=True, nargs="+", help="run folder(s); several search runs are overlaid")
+    p.add_argument("--out", default=None, help="folder for the figures (default RUN/plots)")
+    p.add_argument("--format", default="png", choices=["png", "svg"])
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files for the results chart")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic domains")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
+
+    p = sub.add_parser("data", help="dataset utilities")
+    dsub = p.add_subparsers(dest="data_cmd", metavar="ACTION")
+    q = dsub.add_parser("synth", help="write the built-in synthetic domains in the Market-1501 layout")
+    q.add_argument("--out", required=True)
+    q.add_argument("--domains", type=int, default=None, help="number of domains (default: all built-in)")
+    q.add_argument("--force", action="store_true", help="regenerate even if present")
+    q = dsub.add_parser("info", help="print the sizes of a dataset on disk")
+    q.add_argument("name")
+    q.add_argument("--data-root", default=None)
+
+    p = sub.add_parser("info", help="parameters, MACs and IN placement of a model")
+    p.add_argument("model", help="model name or genotype file")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+
+    p = sub.add_parser("extract", help="embed a folder of images with a model")
+    p.add_argument("--checkpoint", default=None, help="retrain checkpoint")
+    p.add_argument("--model", default=None, help="model name (with --weights for published weights)")
+    p.add_argument("--weights", default=None, help="torchreid weights for --model")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output .npz (features + file names)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--bf16", action="store_true")
+
+    p = sub.add_parser("export", help="export a model to TorchScript or ONNX")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    return ap
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cmd = args.cmd
+    if cmd == "search":
+        from osnas.search.loop import run_search
+
+        run_search(sources=args.sources, data_root=args.data_root, space=args.space, config_file=args.config,
+                   overrides=args.overrides, out=args.out, resume=args.resume)
+    elif cmd == "derive":
+        from osnas.genotypes import run_derive
+
+        run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint)
+    elif cmd == "retrain":
+        from osnas.engine import run_retrain
+
+        run_retrain(genotype=args.genotype, sources=args.sources, data_root=args.data_root,
+                    config_file=args.config, overrides=args.overrides, out=args.out,
+                    pretrained=args.pretrained, resume=args.resume)
+    elif cmd == "eval-crossdomain":
+        from osnas.evaluate import run_eval_crossdomain
+
+        run_eval_crossdomain(checkpoints=args.checkpoint, targets=args.targets, data_root=args.data_root,
+                             metric=args.metric, rerank=args.rerank, out=args.out, overrides=args.overrides)
+    elif cmd == "plot":
+        from osnas.plot import run_plot
+
+        run_plot(runs=args.run, out=args.out, fmt=args.format, metrics=args.metrics)
+    elif cmd == "demo":
+        from osnas.demo import run_demo
+
+        run_demo(out=args.out, data_root=args.data_root, quick=args.quick)
+    elif cmd == "data":
+        if args.data_cmd == "synth":
+            from osnas.data.synth import run_synth
+
+            run_synth(out=args.out, domains=args.domains, force=args.force)
+        elif args.data_cmd == "info":
+            from osnas.data.datasets import run_data_info
+
+            run_data_info(args.name, args.data_root)
+        else:
+            raise OsnasError("osnas data: expected an action: synth or info")
+    elif cmd == "info":
+        from osnas.models.info import run_info
+
+        run_info(args.model, height=args.height, width=args.width)
+    elif cmd == "extract":
+        from osnas.models.deploy import run_extract
+
+        run_extract(checkpoint=args.checkpoint, model=args.model, weights=args.weights, images=args.images,
+                    out=args.out, batch_size=args.batch_size, height=args.height, width=args.width, bf16=args.bf16)
+    elif cmd == "export":
+        from osnas.models.deploy import run_export
+
+        run_export(checkpoint=args.checkpoint, model=args.model, weights=args.weights, fmt=args.format,
+                   out=args.out, height=args.height, width=args.width)
+    else:
+        build_parser().print_help(sys.stderr)
+        return 2
+    return 0
+
+
+def _error_line(e: BaseException) -> str:
+    msg = str(e)
+    # errors raised in DataLoader workers arrive wrapped with the worker's traceback:
+    # keep only the original message (the last line, minus the exception type prefix)
+    if "Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        msg = last.split(": ", 1)[1] if last.startswith(("osnas.", "OsnasError")) and ": " in last else last
+    return one_line(msg)
+
+
+def main(argv: list | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except OsnasError as e:
+        print(f"osnas: error: {_error_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("osnas: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"osnas: error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Small shared helpers: atomic writes, safe checkpoint loading, seeding, progress, logging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from osnas.errors import OsnasError
+
+log = logging.getLogger("osnas")
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder + rename.
+
+    A killed process leaves either the old file or the new one, never a torn one. A failing
+    write (disk full, permission) raises OsnasError and leaves the previous file untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OsnasError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OsnasError(f"cannot write {path}: {e.strerror or e}; the previous file is kept") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise OsnasError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OsnasError(f"{path}: not a valid {what} ({e})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """torch.save into memory, then an atomic write: a killed run never leaves a corrupt file."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """Load with weights_only=True; every failure is a one-line OsnasError naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise OsnasError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise OsnasError(f"{path}: is a folder, expected a {what} file (.pth/.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling refused"
+        raise OsnasError(
+            f"{path}: refused to load {what}: it holds objects that weights_only loading does not "
+            f"allow ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OsnasError(f"{path}: not a readable {what} (truncated or corrupt: {msg[:160]})") from None
+    if not isinstance(obj, dict):
+        raise OsnasError(f"{path}: expected a {what} holding a dict, got {type(obj).__name__}")
+    return obj
+
+
+# ----------------------------------------------------------------------------- randomness
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states needed to continue the same trajectory after --resume."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuplify(state["python"]))
+    np.random.set_state(_tuplify(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+
+
+def _tuplify(x):
+    # weights_only loading returns tuples as lists in some versions; RNG setters want tuples
+    if isinstance(x, list):
+        return tuple(_tuplify(v) for v in x)
+    return x
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """Progress on stderr with rate and ETA: a tqdm bar on a terminal, periodic lines otherwise.
+
+    Periodic lines (every `every` seconds) keep CI logs and redirected runs readable.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "it", every: float = 10.0, enabled: bool = True):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.n = 0
+        self.t0 = self._last = time.time()
+        self.enabled = enabled
+        self.postfix = ""
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                self._bar = None
+
+    def update(self, n: int = 1, **postfix) -> None:
+        self.n += n
+        if postfix:
+            self.postfix = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix_str(self.postfix)
+            return
+        now = time.time()
+        if now - self._last >= self.every or self.n >= self.total:
+            self._last = now
+            el = now - self.t0
+            rate = self.n / el if el > 0 else 0.0
+            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+            print(
+                f"{self.desc}: {self.n}/{self.total} {self.unit} [{_hms(el)}<{_hms(eta)}, "
+                f"{rate:.2f} {self.unit}/s] {self.postfix}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _hms(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def iter_progress(it: Iterable, total: int, desc: str, unit: str = "it", enabled: bool = True):
+    p = Progress(total, desc, unit, enabled=enabled)
+    try:
+        for x in it:
+            yield x
+            p.update(1)
+    finally:
+        p.close()
+
+
+# ----------------------------------------------------------------------------- logging
+def setup_run_logging(run_dir: str | Path | None, verbose: bool = True) -> None:
+    """Log to stderr and, when a run folder is given, to run_dir/log.txt."""
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    if verbose:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        log.addHandler(sh)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(run_dir) / "log.txt")
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    log.propagate = False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise OsnasError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OsnasError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
