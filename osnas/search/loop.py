@@ -1,0 +1,346 @@
+"""`osnas search`: bilevel search of IN/BN placement over several source domains.
+
+Each step: (1) an alpha step on a batch the weights did not just train on, then (2) a
+weight step. The alpha batch comes from
+  heldout  held-out images of the same identities (each identity's images split), or
+  lodo     leave-one-domain-out: the held-out source domain rotates every step, the weight
+           step sees the other sources, the alpha step only the held-out one, so alphas
+           are rewarded for what transfers across domains.
+Alphas are frozen for the first `warmup_epochs`. Everything the run does lands in its
+folder: config.yaml, space.yaml, alphas.jsonl (every step: alphas, probabilities,
+entropy, losses), checkpoint.pth (weights, alphas, optimisers, streams, RNG), log.txt.
+`--resume` continues the same trajectory, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from osnas.config import Config, build_config, data_root, load_yaml, save_config
+from osnas.errors import OsnasError
+from osnas.losses import reid_loss
+from osnas.search import relax
+from osnas.search.architect import Architect
+from osnas.search.supernet import Supernet
+from osnas.training import (BatchStream, SeededDataset, batch_loader, build_optimizer, check_finite,
+                            concat_keys, derive_seed, graceful_stop, lr_factor, set_lr)
+from osnas.utils import (Progress, atomic_write_text, load_checkpoint, log, resolve_device, rng_state,
+                         save_checkpoint, seed_everything, set_rng_state, setup_run_logging, write_json)
+
+CHECKPOINT = "checkpoint.pth"
+HISTORY = "alphas.jsonl"
+OBJECTIVES = ("heldout", "lodo")
+LOSSES = ("id", "triplet", "both")
+
+
+# ----------------------------------------------------------------------------- data
+class SearchData:
+    """The union of the sources, split for the search, and its batch streams."""
+
+    def __init__(self, cfg: Config, root: Path, seed: int, rank: int = 0, world_size: int = 1):
+        from osnas.data import build_union, build_transforms, read_image, split_heldout, PKSampler
+
+        d, s = cfg.data, cfg.search
+        self.union = build_union(d.sources, root, skip_unparsable=d.skip_unparsable, combine_all=d.combine_all)
+        self.domains = list(self.union.domain_names)
+        nd = len(self.domains)
+        if s.objective not in OBJECTIVES:
+            raise OsnasError(f"search.objective {s.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if s.objective == "lodo" and nd < 2:
+            raise OsnasError(f"search.objective=lodo needs at least 2 source domains, got {self.domains}; "
+                             "add sources or use --set search.objective=heldout")
+        items = self.union.train
+        if s.objective == "heldout":
+            train, val = split_heldout(items, s.val_fraction, seed)
+        else:
+            train, val = items, []
+        self.items = list(train) + list(val)
+        n_train = len(train)
+        transform = build_transforms(height=d.height, width=d.width, train=True, flip=d.flip, pad_crop=d.pad_crop,
+                                     pad=d.pad, color_jitter=d.color_jitter, brightness=d.brightness,
+                                     contrast=d.contrast, saturation=d.saturation, hue=d.hue,
+                                     random_erasing=d.random_erasing, erasing_prob=d.erasing_prob,
+                                     mean=d.mean, std=d.std)
+        self.dataset = SeededDataset(self.items, transform, read_image)
+        K = d.num_instances
+        # weight batches are domain-balanced over the domains they draw from; each draw is a
+        # PK sub-batch of one domain; DDP ranks draw disjoint shards of the same batches
+        self.wsize = d.batch_size // (nd - 1 if s.objective == "lodo" else nd)
+        self.asize = d.batch_size if s.objective == "lodo" else d.batch_size // nd
+        for name, size in (("weight", self.wsize), ("alpha", self.asize)):
+            if size < 2 * K or size % K:
+                raise OsnasError(f"data.batch_size={d.batch_size} gives {name} sub-batches of {size} images per "
+                                 f"domain: need a multiple of data.num_instances={K} with at least 2 identities")
+
+        def make_sampler(pids, batch_size, k, sd):
+            return PKSampler(pids, batch_size=batch_size, num_instances=k, seed=sd, rank=rank, world_size=world_size)
+
+        self.streams: Dict[str, BatchStream] = {}
+        for di, dn in enumerate(self.domains):
+            tr = [i for i in range(n_train) if self.items[i][3] == di]
+            self.streams[f"w{di}"] = BatchStream(f"{dn}/train", tr, [self.items[i][1] for i in tr], self.wsize, K,
+                                                 derive_seed(seed, "w", di), make_sampler)
+            a_idx = tr if s.objective == "lodo" else [i for i in range(n_train, len(self.items)) if self.items[i][3] == di]
+            self.streams[f"a{di}"] = BatchStream(f"{dn}/alpha", a_idx, [self.items[i][1] for i in a_idx], self.asize,
+                                                 K, derive_seed(seed, "a", di), make_sampler)
+        self.objective = s.objective
+        self.num_classes = self.union.num_classes
+
+    def plan_steps(self, global_step: int, n: int) -> List[List]:
+        """The batches (as (index, seed) keys) of the next n steps: [weight, alpha] per step."""
+        out = []
+        nd = len(self.domains)
+        for t in range(global_step, global_step + n):
+            if self.objective == "lodo":
+                held = t % nd
+                w = concat_keys([self.streams[f"w{di}"].next() for di in range(nd) if di != held])
+                a = self.streams[f"a{held}"].next()
+            else:
+                w = concat_keys([self.streams[f"w{di}"].next() for di in range(nd)])
+                a = concat_keys([self.streams[f"a{di}"].next() for di in range(nd)])
+            out += [w, a]
+        return out
+
+    def state(self):
+        return {k: s.state() for k, s in self.streams.items()}
+
+    def load_state(self, st):
+        for k, s in self.streams.items():
+            s.load_state(st[k])
+
+
+# ----------------------------------------------------------------------------- losses
+def make_loss_fn(kind: str, label_smooth: float, margin: float):
+    if kind not in LOSSES:
+        raise OsnasError(f"search loss {kind!r}: expected one of {', '.join(LOSSES)}")
+    idw = 1.0 if kind in ("id", "both") else 0.0
+    trw = 1.0 if kind in ("triplet", "both") else 0.0
+
+    def loss_fn(model, batch):
+        x, pids = batch[0], batch[1]
+        logits, feats = model(x)
+        loss, _ = reid_loss(logits, feats, pids, label_smooth=label_smooth, id_weight=idw, triplet_weight=trw,
+                            margin=margin)
+        return loss
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- records
+def history_row(model: Supernet, step: int, epoch: int, loss_w: float, loss_a: Optional[float]) -> dict:
+    probs = model.probs()
+    return {
+        "step": step, "epoch": epoch, "tau": model.tau, "loss_w": round(loss_w, 6),
+        "loss_a": None if loss_a is None else round(loss_a, 6),
+        "alphas": {p.name: [round(float(v), 6) for v in a.detach()] for p, a in zip(model.positions, model.alphas)},
+        "probs": {p.name: {c: round(float(v), 6) for c, v in zip(p.names, pr)} for p, pr in zip(model.positions, probs)},
+        "entropy": {p.name: round(relax.entropy(pr), 6) for p, pr in zip(model.positions, probs)},
+    }
+
+
+def read_history(run_dir: Path) -> List[dict]:
+    p = Path(run_dir) / HISTORY
+    if not p.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(p.read_text().splitlines()) - 1:
+                break  # a torn last line from a killed run
+            raise OsnasError(f"{p}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def _truncate_history(run_dir: Path, last_step: int) -> None:
+    rows = [r for r in read_history(run_dir) if r["step"] <= last_step]
+    atomic_write_text(Path(run_dir) / HISTORY, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------- entry point
+def resolve_search_config(sources, data_root_arg, space, config_file, overrides, out, resume) -> tuple:
+    run_dir = Path(out) if out else None
+    base = None
+    if resume:
+        if run_dir is None:
+            raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
+        if not (run_dir / CHECKPOINT).is_file():
+            raise OsnasError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
+        base = load_yaml(run_dir / "config.yaml", "run config")
+    cfg = build_config(config_file, overrides, base=base)
+    if sources:
+        from osnas.data import parse_names
+
+        cfg.data.sources = parse_names(sources)
+    if space:
+        cfg.search.space = str(space)
+    if data_root_arg:
+        cfg.data.root = str(data_root_arg)
+    if not cfg.data.sources:
+        from osnas.data import DEFAULT_SYNTH_SOURCES
+
+        cfg.data.sources = list(DEFAULT_SYNTH_SOURCES)
+    if run_dir is None:
+        run_dir = Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, run_dir
+
+
+def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
+               resume=False, cfg: Optional[Config] = None) -> Path:
+    """Run (or resume) a search; returns the run folder."""
+    from osnas import distributed as dist
+
+    if cfg is None:
+        cfg, run_dir = resolve_search_config(sources, data_root, space, config_file, overrides, out, resume)
+    else:
+        run_dir = Path(out)
+    ctx = dist.init()
+    try:
+        return _search(cfg, run_dir, resume, ctx)
+    finally:
+        dist.shutdown(ctx)
+
+
+def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
+    s, d = cfg.search, cfg.data
+    if run_dir.exists() and not resume and (run_dir / CHECKPOINT).exists():
+        raise OsnasError(f"{run_dir}: already holds a search run; use --resume to continue it or another --out")
+    seed_everything(s_seed := cfg.run.seed)
+    device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        setup_run_logging(run_dir)
+    else:
+        setup_run_logging(None, verbose=False)
+    data = SearchData(cfg, data_root(d.root), s_seed, ctx.rank, ctx.world_size)
+    model = Supernet(s.space, arch=cfg.model.arch, num_classes=data.num_classes, head=cfg.model.head,
+                     feature_dim=cfg.model.feature_dim, last_stride=cfg.model.last_stride, shared=s.shared,
+                     relaxation=s.relaxation, alpha_init=s.alpha_init).to(device)
+    if ctx.distributed and cfg.run.sync_bn:
+        model.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.net)
+    w_opt = build_optimizer(model.weight_parameters(), s.optimizer, s.lr, s.weight_decay, s.momentum)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.alpha_lr, betas=tuple(s.alpha_betas),
+                             weight_decay=s.alpha_weight_decay)
+    loss_w_fn = make_loss_fn("id" if s.alpha_loss == "triplet" else s.alpha_loss, s.label_smooth, s.margin)
+    loss_a_fn = make_loss_fn(s.alpha_loss, s.label_smooth, s.margin)
+    wrapped = dist.wrap(model, ctx)  # DDP averages weight (and alpha) gradients of the weight step
+    architect = Architect(model, loss_a_fn, a_opt, order=s.order, w_optimizer=w_opt, grad_clip=s.grad_clip,
+                          reduce_fn=(lambda gs: dist.allreduce_mean(gs, ctx)) if ctx.distributed else None)
+    base_lr = [g["lr"] for g in w_opt.param_groups]
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if resume:
+        ck = load_checkpoint(run_dir / CHECKPOINT, "search checkpoint")
+        _check_resumable(ck, model)
+        model.load_state_dict(ck["model"])
+        w_opt.load_state_dict(ck["w_opt"])
+        a_opt.load_state_dict(ck["a_opt"])
+        data.load_state(ck["streams"])
+        set_rng_state(ck["rng"])
+        epoch, step_in_epoch, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        if ctx.is_main:
+            _truncate_history(run_dir, global_step - 1)
+            log.info(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
+    elif ctx.is_main:
+        save_config(cfg, run_dir)
+        atomic_write_text(run_dir / "space.yaml", model.space.text)
+        write_json(run_dir / "run.json", {"stage": "search", "sources": data.domains, "space": model.space.name,
+                                         "space_sha256": model.space.sha256, "seed": s_seed, "arch": cfg.model.arch,
+                                         "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
+                                         "shared": s.shared, "world_size": ctx.world_size})
+        (run_dir / HISTORY).write_text("")
+        log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "
+                 f"on {', '.join(data.domains)}: {s.objective}, {s.order}-order, {model.relaxation}; "
+                 f"{len(data.items)} images, {data.num_classes} identities -> {run_dir}")
+
+    def save(ep, sie, gs):
+        if not ctx.is_main:
+            return
+        save_checkpoint({"model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                         "streams": data.state(), "rng": rng_state(), "epoch": ep, "step_in_epoch": sie,
+                         "global_step": gs, "space": model.space.name, "space_sha256": model.space.sha256,
+                         "arch": model.arch, "shared": model.shared, "relaxation": model.relaxation,
+                         "positions": [p.name for p in model.positions], "sources": data.domains, "seed": s_seed},
+                        run_dir / CHECKPOINT)
+
+    total_steps = s.epochs * s.steps_per_epoch
+    progress = Progress(total_steps, "search", "step", enabled=cfg.run.progress and ctx.is_main)
+    progress.n = global_step
+    hist = open(run_dir / HISTORY, "a") if ctx.is_main else None
+    try:
+        with graceful_stop() as stop:
+            while epoch < s.epochs:
+                model.tau = relax.gumbel_tau(epoch, s.tau_init, s.tau_decay_every, s.tau_factor, s.tau_min) \
+                    if model.relaxation == "gumbel" else 1.0
+                n = s.steps_per_epoch - step_in_epoch
+                loader = batch_loader(data.dataset, data.plan_steps(global_step, n), d.workers)
+                it = iter(loader)
+                for _ in range(n):
+                    wb = [t.to(device, non_blocking=True) for t in next(it)]
+                    ab = [t.to(device, non_blocking=True) for t in next(it)]
+                    set_lr(w_opt, base_lr, lr_factor(epoch + step_in_epoch / s.steps_per_epoch, s.epochs, s.schedule))
+                    model.train()
+                    loss_a = None
+                    alphas_on = epoch >= s.warmup_epochs
+                    if alphas_on and s.order != "single":
+                        loss_a = architect.step(wb, ab)
+                    # weight step (single-level: alphas follow the same training loss)
+                    w_opt.zero_grad(set_to_none=True)
+                    a_opt.zero_grad(set_to_none=True)
+                    loss = loss_w_fn(wrapped, wb)
+                    check_finite(loss, f"search step {global_step}")
+                    loss.backward()
+                    if s.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.weight_parameters(), s.grad_clip)
+                    w_opt.step()
+                    if alphas_on and s.order == "single":
+                        a_opt.step()
+                        loss_a = float(loss.detach())
+                    step_in_epoch += 1
+                    global_step += 1
+                    if hist is not None:
+                        hist.write(json.dumps(history_row(model, global_step - 1, epoch, float(loss.detach()), loss_a)) + "\n")
+                        hist.flush()
+                    progress.update(1, epoch=epoch, loss=float(loss.detach()), tau=model.tau)
+                    if global_step % cfg.run.log_every == 0 and ctx.is_main:
+                        log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {float(loss):.4f}"
+                                 + (f" loss_a {loss_a:.4f}" if loss_a is not None else "") + " | "
+                                 + " ".join(f"{p.name}:{model.choices()[p.name]}" for p in model.positions))
+                    if stop:
+                        save(epoch, step_in_epoch, global_step)
+                        del it, loader
+                        raise OsnasInterrupted(f"interrupted: checkpoint saved at step {global_step} in {run_dir}; "
+                                               f"continue with: osnas search --out {run_dir} --resume")
+                del it, loader
+                epoch, step_in_epoch = epoch + 1, 0
+                if epoch % cfg.run.checkpoint_every == 0 or epoch == s.epochs:
+                    save(epoch, 0, global_step)
+    finally:
+        progress.close()
+        if hist is not None:
+            hist.close()
+    if ctx.is_main:
+        g = model.genotype(sources=data.domains, seed=s_seed, step=global_step)
+        write_json(run_dir / "final_alphas.json", g.to_dict())
+        log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
+                                                for k, v in g.positions.items()))
+        log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir})")
+    return run_dir
+
+
+class OsnasInterrupted(OsnasError):
+    exit_code = 130
+
+
+def _check_resumable(ck: dict, model: Supernet) -> None:
+    for key, mine in (("space_sha256", model.space.sha256), ("arch", model.arch), ("shared", model.shared)):
+        if ck.get(key) != mine:
+            raise OsnasError(f"checkpoint does not match the run's config: {key} is {ck.get(key)!r} in the "
+                             f"checkpoint, {mine!r} now")

@@ -1,0 +1,123 @@
+"""The weight-sharing supernet: one OSNet whose searched sites hold every candidate op.
+
+Candidates of a position share all convolutions and differ only in normalisation, so a
+weight step costs little more than a plain OSNet step. The non-shared mode builds one whole
+unit per candidate (the reference search) for comparison. Alphas live here, one tensor per
+position; `forward` turns them into per-unit mixing combos for `OSNet.forward(x, mix)`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from osnas.errors import OsnasError
+from osnas.genotypes import Genotype
+from osnas.models.osnet import WIDTHS, OSNet, derived_state_dict, site_unit
+from osnas.search import relax
+from osnas.search.space import SearchSpace, load_space
+
+
+class Supernet(nn.Module):
+    def __init__(self, space, arch: str = "osnet_x1_0", num_classes: int = 0, head: str = "reference",
+                 feature_dim: int = 512, last_stride: int = 2, shared: bool = True,
+                 relaxation: Optional[str] = None, alpha_init: float = 0.0):
+        super().__init__()
+        self.space: SearchSpace = load_space(space)
+        if arch not in WIDTHS:
+            raise OsnasError(f"unknown arch {arch!r}; valid widths: {', '.join(WIDTHS)}")
+        self.arch, self.shared = arch, shared
+        self.relaxation = relaxation or self.space.relaxation
+        if self.relaxation not in relax.RELAXATIONS:
+            raise OsnasError(f"unknown relaxation {self.relaxation!r}; valid: {', '.join(relax.RELAXATIONS)}")
+        if self.relaxation == "sigmoid" and any(len(p.candidates) != 2 for p in self.space.positions):
+            raise OsnasError(f"sigmoid relaxation needs binary positions; space {self.space.name} has more candidates")
+        self.tau = 1.0
+        positions = self.space.positions
+        nonshared = None
+        if not shared:
+            units = [p.unit for p in positions]
+            dup = {u for u in units if units.count(u) > 1}
+            if dup:
+                raise OsnasError(f"non-shared mode needs one position per unit; {sorted(dup)} have several")
+            nonshared = {p.unit: p.candidates for p in positions}
+        self.net = OSNet(WIDTHS[arch], plan=self.space.plan(), num_classes=num_classes, head=head,
+                         feature_dim=feature_dim, last_stride=last_stride, nonshared=nonshared)
+        self.alphas = nn.ParameterList([
+            nn.Parameter(torch.full((relax.alpha_size(self.relaxation, len(p.candidates)),), float(alpha_init)))
+            for p in positions])
+        # per unit: the positions that touch it, and the fixed ops of its other sites
+        fixed = self.space.fixed_plan()
+        self._unit_positions: Dict[str, List[int]] = {}
+        self._unit_fixed: Dict[str, Dict[str, str]] = {}
+        for i, p in enumerate(positions):
+            self._unit_positions.setdefault(p.unit, []).append(i)
+        for u in self._unit_positions:
+            self._unit_fixed[u] = {s: op for s, op in fixed.items() if site_unit(s) == u}
+
+    # -- parameters
+    def arch_parameters(self) -> List[nn.Parameter]:
+        return list(self.alphas)
+
+    def weight_parameters(self) -> List[nn.Parameter]:
+        return list(self.net.parameters())
+
+    @property
+    def positions(self):
+        return self.space.positions
+
+    # -- alphas -> weights
+    def probs(self) -> List[torch.Tensor]:
+        return [relax.probs(a.detach(), self.relaxation) for a in self.alphas]
+
+    def mix_weights(self) -> List[torch.Tensor]:
+        return [relax.weights(a, self.relaxation, self.tau, self.training) for a in self.alphas]
+
+    def build_mix(self, weights: List[torch.Tensor]) -> Dict[str, list]:
+        """Per-unit combos: the product of the candidates of every position touching the unit."""
+        mix = {}
+        for u, idx in self._unit_positions.items():
+            combos = []
+            for choice in itertools.product(*[range(len(self.positions[i].candidates)) for i in idx]):
+                w, assign = None, dict(self._unit_fixed[u])
+                for i, c in zip(idx, choice):
+                    name = self.positions[i].names[c]
+                    assign.update(self.positions[i].candidates[name])
+                    w = weights[i][c] if w is None else w * weights[i][c]
+                combos.append((w, assign if self.shared else self.positions[idx[0]].names[choice[0]]))
+            mix[u] = combos
+        return mix
+
+    def forward(self, x: torch.Tensor, weights: Optional[List[torch.Tensor]] = None):
+        return self.net(x, self.build_mix(weights if weights is not None else self.mix_weights()))
+
+    # -- derivation
+    def choices(self) -> Dict[str, str]:
+        return {p.name: p.names[int(pr.argmax())] for p, pr in zip(self.positions, self.probs())}
+
+    def onehot(self, choices: Dict[str, str]) -> List[torch.Tensor]:
+        out = []
+        for p in self.positions:
+            w = torch.zeros(len(p.candidates))
+            w[p.names.index(choices[p.name])] = 1.0
+            out.append(w)
+        return out
+
+    def genotype(self, **meta) -> Genotype:
+        choices = self.choices()
+        positions = {}
+        for p, pr in zip(self.positions, self.probs()):
+            positions[p.name] = {"choice": choices[p.name],
+                                 "probs": {c: round(float(v), 6) for c, v in zip(p.names, pr)},
+                                 "entropy": round(relax.entropy(pr), 6)}
+        return Genotype(plan=self.space.plan_for(choices), arch=self.arch, space=self.space.name,
+                        space_hash=self.space.sha256, positions=positions,
+                        nonshared={} if self.shared else {p.unit: choices[p.name] for p in self.positions}, **meta)
+
+    def derived_state_dict(self, genotype: Genotype) -> dict:
+        """Weights of the derived network (load into build_model(genotype) with strict=True)."""
+        return derived_state_dict(self.net.state_dict(), {s: [op] for s, op in genotype.plan.items()},
+                                  genotype.nonshared)
