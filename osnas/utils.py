@@ -124,24 +124,22 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """All RNG states needed to continue the same trajectory after --resume."""
+    # plain ints, lists and tensors only, so the checkpoint loads with weights_only=True
+    v, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [v, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(_tuplify(state["python"]))
-    np.random.set_state(_tuplify(state["numpy"]))
+    v, mt, gauss = state["python"]
+    random.setstate((v, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-
-
-def _tuplify(x):
-    # weights_only loading returns tuples as lists in some versions; RNG setters want tuples
-    if isinstance(x, list):
-        return tuple(_tuplify(v) for v in x)
-    return x
 
 
 # ----------------------------------------------------------------------------- progress

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from osnas import distributed as dist
 from osnas.config import Config, build_config, data_root, load_yaml, save_config
 from osnas.errors import OsnasError
 from osnas.losses import reid_loss
@@ -43,10 +44,10 @@ class SearchData:
     """The union of the sources, split for the search, and its batch streams."""
 
     def __init__(self, cfg: Config, root: Path, seed: int, rank: int = 0, world_size: int = 1):
-        from osnas.data import build_union, build_transforms, read_image, split_heldout, PKSampler
+        from osnas.data import PKSampler, build_multisource, read_image, split_heldout, transforms_from_config
 
         d, s = cfg.data, cfg.search
-        self.union = build_union(d.sources, root, skip_unparsable=d.skip_unparsable, combine_all=d.combine_all)
+        self.union = build_multisource(d.sources, root, skip_unparsable=d.skip_unparsable, combine_all=d.combine_all)
         self.domains = list(self.union.domain_names)
         nd = len(self.domains)
         if s.objective not in OBJECTIVES:
@@ -61,12 +62,7 @@ class SearchData:
             train, val = items, []
         self.items = list(train) + list(val)
         n_train = len(train)
-        transform = build_transforms(height=d.height, width=d.width, train=True, flip=d.flip, pad_crop=d.pad_crop,
-                                     pad=d.pad, color_jitter=d.color_jitter, brightness=d.brightness,
-                                     contrast=d.contrast, saturation=d.saturation, hue=d.hue,
-                                     random_erasing=d.random_erasing, erasing_prob=d.erasing_prob,
-                                     mean=d.mean, std=d.std)
-        self.dataset = SeededDataset(self.items, transform, read_image)
+        self.dataset = SeededDataset(self.items, transforms_from_config(d, train=True), read_image)
         K = d.num_instances
         # weight batches are domain-balanced over the domains they draw from; each draw is a
         # PK sub-batch of one domain; DDP ranks draw disjoint shards of the same batches
@@ -196,8 +192,6 @@ def resolve_search_config(sources, data_root_arg, space, config_file, overrides,
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
                resume=False, cfg: Optional[Config] = None) -> Path:
     """Run (or resume) a search; returns the run folder."""
-    from osnas import distributed as dist
-
     if cfg is None:
         cfg, run_dir = resolve_search_config(sources, data_root, space, config_file, overrides, out, resume)
     else:
