@@ -74,3 +74,20 @@ def allreduce_mean(tensors: List[torch.Tensor], ctx: DistContext) -> List[torch.
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         tdist.barrier()
+
+
+def gather_rows(local: torch.Tensor, n_total: int, ctx: DistContext) -> torch.Tensor:
+    """Rows sharded round-robin (rank r holds rows r, r+w, ...) -> all rows in order, on every rank."""
+    if not ctx.distributed:
+        return local
+    w = ctx.world_size
+    per = (n_total + w - 1) // w
+    pad = torch.zeros(per, *local.shape[1:], dtype=local.dtype)
+    pad[: len(local)] = local
+    parts = [torch.zeros_like(pad) for _ in range(w)]
+    tdist.all_gather(parts, pad.to(ctx.device) if ctx.device.type == "cuda" else pad)
+    out = torch.empty(n_total, *local.shape[1:], dtype=local.dtype)
+    for r, p in enumerate(parts):
+        rows = list(range(r, n_total, w))
+        out[rows] = p[: len(rows)].cpu()
+    return out
