@@ -60,7 +60,7 @@ class ModelConfig:
 class SearchConfig:
     space: str = "osnet_ain_blocks"  # name in search_spaces/ or a YAML file
     shared: bool = True  # weight sharing; False reproduces the reference (a block per candidate)
-    relaxation: str = "softmax"  # softmax | gumbel | sigmoid (binary positions)
+    relaxation: str = ""  # "" = the space's own; softmax | gumbel | sigmoid (binary positions)
     tau_init: float = 10.0  # Gumbel temperature (reference: 10, halved every 20 epochs, floor 1)
     tau_decay_every: int = 20
     tau_factor: float = 0.5

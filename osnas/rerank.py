@@ -79,12 +79,13 @@ def check_rerank_memory(num_query: int, num_gallery: int, k1: int = 20, with_inp
 
 
 # ============================================================================ helpers
-def _mat(x: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
+def _mat(x: Any, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     a = np.asarray(x)
-    if a.ndim != 2 or a.shape != shape:
-        raise OsnasError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
+    if a.ndim != 2 or (shape is not None and a.shape != shape):
+        want = f"shape {shape}" if shape is not None else "a 2-D matrix"
+        raise OsnasError(f"{name}: expected {want}, got shape {tuple(a.shape)}")
     if a.dtype.kind not in "fiu":
         raise OsnasError(f"{name}: expected real numbers, got dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -185,7 +186,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     (numpy arrays or torch tensors), e.g. from `osnas.metrics.compute_distance_matrix`.
     """
     k1, k2, lam = _check_params(k1, k2, lambda_value)
-    qg = _mat(q_g_dist, "q_g_dist", tuple(np.shape(q_g_dist))[:2] if np.ndim(q_g_dist) == 2 else (-1, -1))
+    qg = _mat(q_g_dist, "q_g_dist")
     Q, G = qg.shape
     if Q == 0 or G == 0:
         raise OsnasError(f"q_g_dist: empty matrix of shape {(Q, G)}")
@@ -261,8 +262,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     g_ptr = Vg.indptr
     n_col = np.diff(g_ptr)
     out = np.empty((Q, G), np.float32)
-    per_row = np.add.reduceat(np.r_[n_col[Vq.indices], 0], Vq.indptr[:-1]) if Vq.nnz else np.zeros(Q, np.int64)
-    per_row[np.diff(Vq.indptr) == 0] = 0
+    per_row = np.bincount(np.repeat(np.arange(Q), np.diff(Vq.indptr)), weights=n_col[Vq.indices], minlength=Q)
     a = 0
     while a < Q:
         z, tot = a, 0

@@ -154,7 +154,7 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: List[float], factor: floa
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
-        raise NaNLossError(f"non-finite loss ({float(loss)}) at {where}; stopped, the last good checkpoint is kept")
+        raise NaNLossError(f"non-finite loss ({float(loss.detach())}) at {where}; stopped, the last good checkpoint is kept")
 
 
 # ----------------------------------------------------------------------------- signals

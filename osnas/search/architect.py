@@ -133,7 +133,7 @@ def _check_finite(loss: torch.Tensor) -> None:
     if not torch.isfinite(loss):
         from osnas.errors import NaNLossError
 
-        raise NaNLossError(f"non-finite alpha-step loss ({float(loss)}); stopping with the last good checkpoint kept")
+        raise NaNLossError(f"non-finite alpha-step loss ({float(loss.detach())}); stopping with the last good checkpoint kept")
 
 
 def _save_buffers(model) -> List[torch.Tensor]:

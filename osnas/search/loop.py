@@ -50,8 +50,6 @@ class SearchData:
         self.union = build_multisource(d.sources, root, skip_unparsable=d.skip_unparsable, combine_all=d.combine_all)
         self.domains = list(self.union.domain_names)
         nd = len(self.domains)
-        if s.objective not in OBJECTIVES:
-            raise OsnasError(f"search.objective {s.objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if s.objective == "lodo" and nd < 2:
             raise OsnasError(f"search.objective=lodo needs at least 2 source domains, got {self.domains}; "
                              "add sources or use --set search.objective=heldout")
@@ -203,8 +201,26 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
         dist.shutdown(ctx)
 
 
+def validate_search_config(cfg: Config):
+    """Fail on bad choices before any data is read or generated; returns the search space."""
+    from osnas.models.osnet import WIDTHS
+    from osnas.search.architect import ORDERS
+    from osnas.search.space import load_space
+
+    s = cfg.search
+    for key, val, valid in (("search.objective", s.objective, OBJECTIVES), ("search.order", s.order, ORDERS),
+                            ("search.alpha_loss", s.alpha_loss, LOSSES), ("model.arch", cfg.model.arch, WIDTHS),
+                            ("search.relaxation", s.relaxation, relax.RELAXATIONS + ("",))):
+        if val not in valid:
+            raise OsnasError(f"{key}={val!r}: expected one of {', '.join(v for v in valid if v)}")
+    if s.epochs < 1 or s.steps_per_epoch < 1:
+        raise OsnasError(f"search.epochs and search.steps_per_epoch must be >= 1, got {s.epochs}, {s.steps_per_epoch}")
+    return load_space(s.space)
+
+
 def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     s, d = cfg.search, cfg.data
+    validate_search_config(cfg)
     if run_dir.exists() and not resume and (run_dir / CHECKPOINT).exists():
         raise OsnasError(f"{run_dir}: already holds a search run; use --resume to continue it or another --out")
     seed_everything(s_seed := cfg.run.seed)

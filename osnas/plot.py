@@ -1,0 +1,107 @@
+"""`osnas plot`: figures of search and retrain runs, drawn from the files in their folders.
+
+What is drawn depends on what each folder holds:
+  search run   alpha_heatmap, alpha_trajectories, entropy
+               (+ seeds_agreement and seeds_trajectories when several search runs share a space)
+  retrain run  training (+ results and retrieval_<target> when RUN/eval/metrics.json exists)
+  eval folder  (holding metrics.json) results and retrieval_<target>
+  --metrics    results (mean ± std over files sharing model labels) and retrieval_<target>
+With several runs, per-run figures get the run folder's name as suffix (alpha_heatmap_run1.png).
+Figures go to --out (default RUN/plots for one run, else ./plots); each written path is printed.
+The building blocks live in osnas/plots/ (readers, search, results).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from matplotlib.figure import Figure
+
+from osnas.errors import OsnasError
+from osnas.plots import results as R
+from osnas.plots import search as S
+from osnas.plots.common import FORMATS, save_figure, slug, unique_slugs
+from osnas.plots.readers import (EvalFolder, Metrics, RetrainRun, SearchRun, load_metrics, load_run,
+                                 run_metrics)
+
+__all__ = ["run_plot", "load_inputs", "iter_figures"]
+
+
+def _label_runs(runs: list) -> None:
+    slugs = unique_slugs([r.path for r in runs])
+    search = [r for r in runs if isinstance(r, SearchRun)]
+    seeds = [r.meta.get("seed") for r in search]
+    seed_labels = len(search) > 1 and None not in seeds and len(set(seeds)) == len(seeds)
+    for r, s in zip(runs, slugs):
+        r.slug = s
+        r.label = f"seed {r.meta['seed']}" if seed_labels and isinstance(r, SearchRun) else s
+
+
+def load_inputs(runs: Sequence[str], metrics: Sequence[str] = ()) -> Tuple[list, List[Metrics]]:
+    """Read and validate everything first (fails before any figure is drawn)."""
+    loaded = [load_run(r) for r in runs]
+    _label_runs(loaded)
+    files, seen = [], set()
+    for m in list(metrics) + [run_metrics(r) for r in loaded]:
+        if m is None:
+            continue
+        mf = load_metrics(m)
+        key = mf.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(mf)
+    return loaded, files
+
+
+def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, Figure]]:
+    """(file stem, figure) pairs, drawn one at a time."""
+    search = [r for r in loaded if isinstance(r, SearchRun)]
+    retrain = [r for r in loaded if isinstance(r, RetrainRun)]
+    many = len(loaded) > 1
+    suffix = (lambda r: f"_{r.slug}") if many else (lambda r: "")
+    for r in search:
+        yield f"alpha_heatmap{suffix(r)}", S.alpha_heatmap(r)
+        yield f"alpha_trajectories{suffix(r)}", S.alpha_trajectories(r)
+        yield f"entropy{suffix(r)}", S.entropy(r)
+    groups = [g for g in S.group_by_space(search) if len(g) > 1]
+    for g in groups:
+        tag = f"_{slug(g[0].space.name)}" if len(groups) > 1 else ""
+        yield f"seeds_agreement{tag}", S.seeds_agreement(g)
+        yield f"seeds_trajectories{tag}", S.seeds_trajectories(g)
+    for r in retrain:
+        yield f"training{suffix(r)}", R.training(r)
+    if metrics:
+        yield "results", R.results(metrics)
+        first = {}
+        for m in metrics:  # files sharing a label (seeds): examples from the first
+            for lab, e in m.models.items():
+                first.setdefault(lab, (m, list(e["targets"])))
+        for lab, (m, targets) in first.items():
+            for t in targets:
+                fig = R.retrieval(m, lab, t)
+                if fig is not None:
+                    name = f"retrieval_{slug(t)}" + (f"_{slug(lab)}" if len(first) > 1 else "")
+                    yield name, fig
+
+
+def run_plot(runs: Sequence[str], out: Optional[str] = None, fmt: str = "png",
+             metrics: Optional[Sequence[str]] = None) -> List[str]:
+    """Draw every figure the given run folders and metrics files support; returns the written paths."""
+    runs, metrics = list(runs or []), list(metrics or [])
+    if fmt not in FORMATS:
+        raise OsnasError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not runs and not metrics:
+        raise OsnasError("osnas plot: expected at least one --run folder or --metrics file")
+    loaded, files = load_inputs(runs, metrics)
+    out_dir = Path(out) if out else (Path(runs[0]) / "plots" if len(runs) == 1 else Path("plots"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OsnasError(f"{out_dir}: --out must be a folder, got a file")
+    written: List[str] = []
+    for name, fig in iter_figures(loaded, files):
+        path = save_figure(fig, out_dir / f"{name}.{fmt}", fmt)
+        print(path, flush=True)
+        written.append(str(path))
+    if not written:
+        raise OsnasError(f"nothing to plot in {', '.join(map(str, runs + metrics))}")
+    return written

@@ -1,0 +1,289 @@
+"""Run folders and metrics files -> validated records for plotting.
+
+Every missing, empty or malformed file raises a one-line OsnasError naming the file and what
+was expected. A torn last line of a JSONL file (a run killed mid-write) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import yaml
+
+from osnas.errors import OsnasError
+from osnas.utils import read_json
+
+NON_LOSS_KEYS = {"epoch", "lr", "acc", "fixbase"}
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class History:
+    """alphas.jsonl as arrays: T steps."""
+
+    steps: np.ndarray                    # (T,)
+    probs: Dict[str, np.ndarray]         # position -> (T, n_candidates), space order
+    entropy: Dict[str, np.ndarray]       # position -> (T,) nats
+    tau: np.ndarray                      # (T,)
+    warm: np.ndarray                     # (T,) bool: warm-up step (alphas frozen, loss_a null)
+    epochs: np.ndarray                   # (T,)
+
+
+@dataclass
+class SearchRun:
+    path: Path
+    meta: dict                           # run.json
+    space: object                        # osnas.search.space.SearchSpace
+    history: History
+    final: Dict[str, Dict[str, float]]   # position -> {candidate: p}, space order
+    choices: Dict[str, str]              # position -> chosen candidate
+    final_source: str = ""               # file the final probabilities came from
+    label: str = ""                      # legend label, unique among the plotted runs
+    slug: str = ""                       # file-name part, unique among the plotted runs
+
+    @property
+    def positions(self):
+        return self.space.positions
+
+    @property
+    def relaxation(self) -> str:
+        return str(self.meta.get("relaxation") or self.space.relaxation)
+
+    def genotype_key(self) -> tuple:
+        return tuple(self.choices[p.name] for p in self.positions)
+
+
+@dataclass
+class RetrainRun:
+    path: Path
+    meta: dict
+    log: List[dict]
+    genotype: dict = field(default_factory=dict)
+    label: str = ""
+    slug: str = ""
+
+
+@dataclass
+class EvalFolder:
+    """A folder holding only an eval-crossdomain output (metrics.json)."""
+
+    path: Path
+    label: str = ""
+    slug: str = ""
+
+
+@dataclass
+class Metrics:
+    path: Path
+    data: dict
+
+    @property
+    def models(self) -> Dict[str, dict]:
+        return self.data["models"]
+
+
+Run = Union[SearchRun, RetrainRun, EvalFolder]
+
+
+# ----------------------------------------------------------------------------- files
+def read_jsonl(path: Path, what: str) -> List[dict]:
+    """Rows of a JSONL file; a torn last line is dropped; empty or missing is an error."""
+    if not path.is_file():
+        raise OsnasError(f"{path}: {what} not found")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OsnasError(f"{path}: cannot read {what} ({e})") from None
+    numbered = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+    rows = []
+    for k, (i, ln) in enumerate(numbered):
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            if k == len(numbered) - 1 and rows:
+                break  # torn last line of a killed run
+            raise OsnasError(f"{path}: line {i + 1} is not valid JSON (expected one {what} row per line)") from None
+        if not isinstance(row, dict):
+            raise OsnasError(f"{path}: line {i + 1}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise OsnasError(f"{path}: {what} is empty (no complete row yet)")
+    return rows
+
+
+def _read_mapping(path: Path, what: str) -> dict:
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            d = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+            raise OsnasError(f"{path}: not a valid {what} ({str(e).splitlines()[0]})") from None
+    else:
+        d = read_json(path, what)
+    if not isinstance(d, dict):
+        raise OsnasError(f"{path}: expected a {what} holding a mapping, got {type(d).__name__}")
+    return d
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ----------------------------------------------------------------------------- runs
+def load_run(path) -> Run:
+    """A run folder: search (alphas), retrain (train log) or a bare eval folder (metrics.json)."""
+    p = Path(path)
+    if not p.exists():
+        raise OsnasError(f"{p}: run folder not found")
+    if not p.is_dir():
+        raise OsnasError(f"{p}: expected a run folder (from osnas search or retrain), got a file")
+    rj = p / "run.json"
+    if rj.is_file():
+        meta = _read_mapping(rj, "run description (run.json)")
+        stage = meta.get("stage")
+    elif (p / "alphas.jsonl").is_file():
+        meta, stage = {}, "search"
+    elif (p / "train_log.jsonl").is_file():
+        meta, stage = {}, "retrain"
+    elif (p / "metrics.json").is_file():
+        return EvalFolder(path=p)
+    else:
+        subs = sorted(d.name for d in p.iterdir() if d.is_dir() and (d / "run.json").is_file())
+        hint = f"; it holds runs {', '.join(subs[:8])}: pass those" if subs else ""
+        raise OsnasError(f"{p}: not a run folder (expected run.json with alphas.jsonl or train_log.jsonl, "
+                         f"from osnas search or retrain{hint})")
+    if stage == "search":
+        return load_search_run(p, meta)
+    if stage == "retrain":
+        return load_retrain_run(p, meta)
+    raise OsnasError(f"{rj}: stage {stage!r}: expected 'search' or 'retrain'")
+
+
+def _load_space(p: Path, meta: dict):
+    from osnas.search.space import load_space
+
+    sp = p / "space.yaml"
+    if sp.is_file():
+        return load_space(sp)
+    name = meta.get("space")
+    if not name:
+        raise OsnasError(f"{sp}: search space not found (and run.json names no space)")
+    return load_space(str(name))
+
+
+def load_search_run(p: Path, meta: Optional[dict] = None) -> SearchRun:
+    meta = meta if meta is not None else _read_mapping(p / "run.json", "run description (run.json)")
+    space = _load_space(p, meta)
+    hp = p / "alphas.jsonl"
+    rows = read_jsonl(hp, "alpha history")
+    history = _history(hp, rows, space)
+    final, choices, src = _final(p, space, history)
+    return SearchRun(path=p, meta=meta, space=space, history=history, final=final, choices=choices,
+                     final_source=src)
+
+
+def _history(hp: Path, rows: List[dict], space) -> History:
+    names = [q.name for q in space.positions]
+    steps, tau, warm, epochs = [], [], [], []
+    probs = {n: [] for n in names}
+    ent = {n: [] for n in names}
+    for i, r in enumerate(rows):
+        where = f"{hp}: row {i + 1}"
+        pr = r.get("probs")
+        if not isinstance(pr, dict) or not _num(r.get("step")):
+            raise OsnasError(f"{where}: expected 'step' and 'probs' {{position: {{candidate: p}}}}")
+        if set(pr) != set(names):
+            raise OsnasError(f"{where}: positions {sorted(pr)} do not match space {space.name} ({', '.join(names)})")
+        for q in space.positions:
+            d = pr[q.name]
+            if not isinstance(d, dict) or any(not _num(d.get(c)) for c in q.names):
+                raise OsnasError(f"{where}: position {q.name}: expected probabilities for {', '.join(q.names)}")
+            v = [float(d[c]) for c in q.names]
+            probs[q.name].append(v)
+            e = (r.get("entropy") or {}).get(q.name) if isinstance(r.get("entropy"), dict) else None
+            ent[q.name].append(float(e) if _num(e) else -sum(x * math.log(max(x, 1e-12)) for x in v))
+        steps.append(float(r["step"]))
+        tau.append(float(r["tau"]) if _num(r.get("tau")) else 1.0)
+        warm.append(r.get("loss_a", 0.0) is None)
+        epochs.append(float(r["epoch"]) if _num(r.get("epoch")) else 0.0)
+    return History(steps=np.asarray(steps), probs={k: np.asarray(v) for k, v in probs.items()},
+                   entropy={k: np.asarray(v) for k, v in ent.items()}, tau=np.asarray(tau),
+                   warm=np.asarray(warm, dtype=bool), epochs=np.asarray(epochs))
+
+
+def _final(p: Path, space, history: History):
+    """Final probabilities: final_alphas.json, else genotype.yaml, else the last history row."""
+    for name, what in (("final_alphas.json", "final alphas"), ("genotype.yaml", "genotype")):
+        f = p / name
+        if not f.is_file():
+            continue
+        d = _read_mapping(f, what)
+        pos = d.get("positions")
+        if not isinstance(pos, dict) or not pos:
+            raise OsnasError(f"{f}: expected 'positions' {{position: {{choice, probs}}}} (a genotype from a search)")
+        final, choices = {}, {}
+        for q in space.positions:
+            e = pos.get(q.name)
+            pr = e.get("probs") if isinstance(e, dict) else None
+            if not isinstance(pr, dict) or any(not _num(pr.get(c)) for c in q.names):
+                raise OsnasError(f"{f}: position {q.name}: expected probs for {', '.join(q.names)} "
+                                 f"(does it belong to space {space.name}?)")
+            final[q.name] = {c: float(pr[c]) for c in q.names}
+            ch = e.get("choice")
+            choices[q.name] = ch if ch in q.names else max(q.names, key=lambda c: final[q.name][c])
+        return final, choices, name
+    final = {q.name: dict(zip(q.names, map(float, history.probs[q.name][-1]))) for q in space.positions}
+    choices = {k: max(v, key=v.get) for k, v in final.items()}
+    return final, choices, "alphas.jsonl (last step)"
+
+
+def load_retrain_run(p: Path, meta: Optional[dict] = None) -> RetrainRun:
+    meta = meta if meta is not None else {}
+    lp = p / "train_log.jsonl"
+    rows = read_jsonl(lp, "training log")
+    for i, r in enumerate(rows):
+        if not _num(r.get("epoch")):
+            raise OsnasError(f"{lp}: row {i + 1}: expected 'epoch' and per-epoch losses")
+    g = {}
+    if (p / "genotype.yaml").is_file():
+        try:
+            g = _read_mapping(p / "genotype.yaml", "genotype")
+        except OsnasError:
+            g = {}  # only used for the title
+    return RetrainRun(path=p, meta=meta, log=rows, genotype=g)
+
+
+# ----------------------------------------------------------------------------- metrics
+def load_metrics(path) -> Metrics:
+    p = Path(path)
+    if p.is_dir():
+        if (p / "metrics.json").is_file():
+            p = p / "metrics.json"
+        else:
+            raise OsnasError(f"{p}: expected a metrics.json file (from osnas eval-crossdomain), got a folder")
+    d = _read_mapping(p, "metrics file (metrics.json)")
+    models = d.get("models")
+    if not isinstance(models, dict) or not models:
+        raise OsnasError(f"{p}: expected 'models' {{label: {{targets: ...}}}} (a metrics.json from osnas eval-crossdomain)")
+    for label, m in models.items():
+        ts = m.get("targets") if isinstance(m, dict) else None
+        if not isinstance(ts, dict) or not ts:
+            raise OsnasError(f"{p}: model {label!r}: expected 'targets' {{target: {{rank1, mAP, ...}}}}")
+        for t, r in ts.items():
+            if not isinstance(r, dict) or not _num(r.get("rank1")) or not _num(r.get("mAP")):
+                raise OsnasError(f"{p}: model {label!r} target {t!r}: expected numeric 'rank1' and 'mAP' (fractions)")
+    if not isinstance(d.get("targets"), list):
+        d["targets"] = list(dict.fromkeys(t for m in models.values() for t in m["targets"]))
+    return Metrics(path=p, data=d)
+
+
+def run_metrics(run: Run) -> Optional[Path]:
+    """The metrics.json a run folder holds (RUN/eval/metrics.json, or an eval folder's own)."""
+    for f in (run.path / "eval" / "metrics.json", run.path / "metrics.json"):
+        if f.is_file():
+            return f
+    return None

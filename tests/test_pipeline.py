@@ -1,0 +1,206 @@
+"""search -> derive -> retrain -> eval-crossdomain on tiny built-in data; determinism and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from osnas.config import build_config
+from osnas.engine import run_retrain
+from osnas.errors import OsnasError
+from osnas.evaluate import run_eval_crossdomain
+from osnas.genotypes import derive_from_run, load_genotype, run_derive
+from osnas.search.loop import read_history, run_search
+from osnas.utils import load_checkpoint
+
+TINY = ["model.arch=osnet_x0_25", "data.height=64", "data.width=32", "data.batch_size=8", "data.num_instances=2",
+        "data.workers=0", "run.progress=false", "run.log_every=1000"]
+SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+RETRAIN = TINY + ["train.epochs=2", "train.steps_per_epoch=3", "train.triplet_weight=1.0"]
+ENV = {**os.environ, "OSNAS_SYNTH_PRESET": "tiny", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    """Tiny built-in synthetic domains, generated once per test session."""
+    from osnas.data.synth import PRESETS, run_synth
+
+    r = tmp_path_factory.mktemp("data")
+    run_synth(r / "synth", domains=["synth0", "synth1", "synth2", "synth3"], params=PRESETS["tiny"])
+    return r
+
+
+def _search(root, out, extra=()):
+    return run_search(data_root=str(root), out=str(out), overrides=SEARCH + list(extra))
+
+
+def _cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "osnas", *args], env=ENV, capture_output=True, text=True, **kw)
+
+
+def test_search_is_deterministic_and_records_every_step(root, tmp_path):
+    a = _search(root, tmp_path / "a", ["search.order=second"])
+    b = _search(root, tmp_path / "b", ["search.order=second"])
+    ha, hb = read_history(a), read_history(b)
+    assert len(ha) == 6 and [r["step"] for r in ha] == list(range(6))
+    assert ha == hb  # identical alpha histories with the same seed
+    assert all(r["loss_a"] is None for r in ha[:2]) and all(r["loss_a"] is not None for r in ha[2:])  # warm-up
+    assert ha[0]["alphas"] == ha[1]["alphas"] and ha[2]["alphas"] != ha[-1]["alphas"]
+    p = ha[-1]["probs"]["conv2.0"]
+    assert set(p) == {"plain", "in_res", "in_post", "both"} and abs(sum(p.values()) - 1) < 1e-5
+    for f in ("config.yaml", "space.yaml", "run.json", "checkpoint.pth", "final_alphas.json", "log.txt"):
+        assert (a / f).is_file(), f
+    ck = load_checkpoint(a / "checkpoint.pth")
+    assert {"model", "w_opt", "a_opt", "streams", "rng", "space_sha256"} <= set(ck)
+    c = _search(root, tmp_path / "c", ["search.order=second", "run.seed=2"])
+    assert read_history(c) != ha
+
+
+def _wait_for_checkpoint(path: Path, proc, timeout=240):
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            return False
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail("no checkpoint appeared")
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("how", ["kill", "sigint"])
+def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how):
+    ref = _search(root, tmp_path / "ref")
+    out = tmp_path / "run"
+    args = ["search", "--data-root", str(root), "--out", str(out)] + [x for s in SEARCH for x in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "osnas", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if how == "kill":  # SIGKILL right after the first checkpoint (end of epoch 1)
+        assert _wait_for_checkpoint(out / "checkpoint.pth", proc), "finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    else:  # SIGINT once the first steps are logged: saves mid-epoch and exits 130
+        t0 = time.time()
+        while not (out / "alphas.jsonl").exists() or not (out / "alphas.jsonl").read_text().strip():
+            assert proc.poll() is None and time.time() - t0 < 240
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    if how == "sigint":
+        assert proc.returncode == 130, err
+        assert "interrupted: checkpoint saved" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    r = _cli(args + ["--resume"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    a = load_checkpoint(ref / "checkpoint.pth")["model"]
+    b = load_checkpoint(out / "checkpoint.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+    assert read_history(ref) == read_history(out)
+
+
+def test_derive_retrain_eval_end_to_end(root, tmp_path):
+    run = _search(root, tmp_path / "search")
+    gpath = run_derive(run)
+    g = load_genotype(gpath)
+    assert g.space == "osnet_ain_blocks" and len(g.positions) == 6 and g.sources == ["synth0", "synth1", "synth2"]
+    assert g.plan["stem"] == "in" and g.step == 6 and len(g.space_hash) == 64
+    ck = load_checkpoint(run / "checkpoint.pth")
+    for i, (name, pos) in enumerate(g.positions.items()):  # argmax of the saved alphas
+        a = ck["model"][f"alphas.{i}"]
+        assert pos["choice"] == list(pos["probs"])[int(a.argmax())]
+    rt = run_retrain(genotype=str(gpath), data_root=str(root), out=str(tmp_path / "rt"), overrides=RETRAIN)
+    base = run_retrain(genotype="osnet", data_root=str(root), out=str(tmp_path / "base"), overrides=RETRAIN)
+    rows = [json.loads(x) for x in (rt / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and all(r["id"] > 0 and r["triplet"] >= 0 for r in rows)
+    m = run_eval_crossdomain([str(rt / "checkpoint.pth"), str(base / "checkpoint.pth")], "synth3",
+                             data_root=str(root), out=str(tmp_path / "ev"), overrides=["data.height=64", "data.width=32"])
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["models"].keys() == m["models"].keys() and len(m["models"]) == 2
+    for entry in saved["models"].values():
+        r = entry["targets"]["synth3"]
+        assert 0 <= r["mAP"] <= 1 and 0 <= r["rank1"] <= r["rank5"] <= r["rank10"] <= 1
+        assert len(r["cmc"]) >= 10 and r["num_query"] > 0 and len(r["examples"]) > 0
+    table = (tmp_path / "ev" / "results.md").read_text()
+    assert "synth3 R1" in table and "osnet" in table
+
+
+def test_retrain_resume_matches_uninterrupted(root, tmp_path):
+    ref = run_retrain(genotype="osnet_ain", data_root=str(root), out=str(tmp_path / "ref"), overrides=RETRAIN)
+    out = tmp_path / "run"
+    args = ["retrain", "--genotype", "osnet_ain", "--data-root", str(root), "--out", str(out)] + \
+        [x for s in RETRAIN + ["train.epochs=2"] for x in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "osnas", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert _wait_for_checkpoint(out / "checkpoint.pth", proc), "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    r = _cli(args + ["--resume"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    a = load_checkpoint(ref / "checkpoint.pth")["model"]
+    b = load_checkpoint(out / "checkpoint.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(root, tmp_path, monkeypatch):
+    out = _search(root, tmp_path / "s")
+    before = (out / "checkpoint.pth").read_bytes()
+    import osnas.search.loop as loop
+
+    real = loop.make_loss_fn
+
+    def poisoned(kind, ls, margin):
+        fn = real(kind, ls, margin)
+        return lambda m, b: fn(m, b) * float("nan")
+
+    monkeypatch.setattr(loop, "make_loss_fn", poisoned)
+    with pytest.raises(OsnasError, match="non-finite"):
+        run_search(data_root=str(root), out=str(out), overrides=SEARCH + ["search.epochs=4"], resume=True)
+    assert (out / "checkpoint.pth").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["derive", "--run", "/nonexistent/run"], "search run folder not found"),
+    (["retrain", "--genotype", "no_such_genotype"], "genotype"),
+    (["eval-crossdomain", "--checkpoint", "/nonexistent.pth", "--targets", "synth3"], "checkpoint not found"),
+    (["search", "--set", "search.nope=1"], "unknown config key search.nope"),
+    (["search", "--set", "search.epochs=abc"], "expected an integer"),
+    (["search", "--space", "no_space"], "unknown search space"),
+    (["search", "--sources", "nowhere_ds"], "unknown dataset"),
+])
+def test_bad_input_one_line_exit_2(args, needle, tmp_path):
+    r = _cli(args + (["--out", str(tmp_path / "o")] if args[0] in ("search",) else []), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_eval_rejects_wrong_checkpoints(root, tmp_path):
+    run = _search(root, tmp_path / "s")
+    with pytest.raises(OsnasError, match="not a retrain checkpoint"):
+        run_eval_crossdomain([str(run / "checkpoint.pth")], "synth3", data_root=str(root), out=str(tmp_path / "e"))
+    rt = run_retrain(genotype="osnet", data_root=str(root), out=str(tmp_path / "rt"), overrides=RETRAIN)
+    ck = torch.load(rt / "checkpoint.pth", weights_only=True)
+    ck["genotype"] = load_genotype("osnet_ibn").to_dict()  # weights of one architecture, description of another
+    torch.save(ck, tmp_path / "wrong.pth")
+    with pytest.raises(OsnasError, match="do not fit"):
+        run_eval_crossdomain([str(tmp_path / "wrong.pth")], "synth3", data_root=str(root), out=str(tmp_path / "e"))
+    with pytest.raises(OsnasError, match="market1501"):
+        run_eval_crossdomain([str(rt / "checkpoint.pth")], "market", data_root=str(root), out=str(tmp_path / "e"))
+
+
+def test_derive_detects_changed_space(root, tmp_path):
+    run = _search(root, tmp_path / "s")
+    text = (run / "space.yaml").read_text()
+    (run / "space.yaml").write_text(text + "\n# edited\n")
+    with pytest.raises(OsnasError, match="hash"):
+        derive_from_run(run)
+    (run / "space.yaml").write_text(text.replace("{block: conv4.1, candidates: *block4}", ""))
+    with pytest.raises(OsnasError):
+        derive_from_run(run)
