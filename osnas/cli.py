@@ -130,7 +130,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif cmd == "demo":
         from osnas.demo import run_demo
 
-        run_demo(out=args.out, data_root=args.data_root, quick=args.quick)
+        run_demo(out=args.out, data_root_arg=args.data_root, quick=args.quick)
     elif cmd == "data":
         if args.data_cmd == "synth":
             from osnas.data.synth import run_synth

@@ -17,25 +17,27 @@ Semantics (identical to the usual re-ID evaluators, with ties made deterministic
   each match's rank k; INP = R / rank of the last match. mAP, mINP: means over valid queries.
 
 Implementation: no full sort of the gallery. Per query only the ranks of its true matches
-are needed. Rank of match m (1-based, stable order, among the kept items) is
+are needed; the rank of match m (1-based, stable order, among the kept items) is
 
     1 + #{kept v: d_v < d_m} + #{kept v: d_v == d_m, index_v < index_m}.
 
-The first term is counted from the distances that are <= the query's largest match
-distance (usually a small part of the row; they are packed with their row number into
-64-bit integer keys and sorted once per block, or sorted row by row), the same-identity
-items (few per query) are handled exactly among themselves, and where a non-match distance
-is exactly equal to a match distance the tie term is counted directly from the row (exact
-fallback). The work is done on blocks of queries in a thread pool (numpy releases the GIL).
+Per row, only the distances <= the query's largest match distance can count; those (often a
+small part of the row) are gathered (compaction, or np.partition when many) and sorted, and
+every match distance is located in them by binary search (#{< d_m} and #{<= d_m}). The
+same-identity items (few per query: the matches and the removed same-camera items) are
+handled exactly among themselves; where a non-match distance is exactly equal to a match
+distance (rare with float features) the tie term is counted directly from the row, so the
+result is always that of the stable sort. Rows are processed in blocks in a thread pool
+(numpy releases the GIL). NaN distances sort last, like np.argsort; NaN at a true match is
+an error.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,18 +225,20 @@ class _Evaluator:
     # ------------------------------------------------------------------ CUHK03 classic
     def _single_gallery_shot(self, D, q0, qc, mrow, md, mg, rows_valid):
         """One random gallery item per identity (the query's own: among its matches); rank of
-        the sampled match among the sampled items, stable order; per repeat."""
-        rng = np.random.default_rng([self.seed, q0])
+        the sampled match among the sampled items, stable order; per repeat. The draws of
+        query i depend only on (seed, i)."""
         present = np.flatnonzero(self.g_count > 0)
         reps = self.sgs_repeats
         starts = np.concatenate([[0], np.flatnonzero(mrow[1:] != mrow[:-1]) + 1, [mrow.size]])
         for k, r in enumerate(rows_valid):
+            rng = np.random.default_rng([self.seed, q0 + int(r)])  # per query: independent of blocking
             a, z = starts[k], starts[k + 1]
             v = D[r]
             own = qc[r]
             others = present[present != own]
             u = rng.random((reps, others.size))
-            pick = self.g_order[self.g_start[others] + (u * self.g_count[others]).astype(np.int64)]
+            cnt = self.g_count[others]
+            pick = self.g_order[self.g_start[others] + np.minimum((u * cnt).astype(np.int64), cnt - 1)]
             mi = a + rng.integers(0, z - a, size=reps)
             dm, gm = md[mi], mg[mi]
             dp = v[pick]

@@ -16,19 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from matplotlib.figure import Figure
-
 from osnas.errors import OsnasError
-from osnas.plots import results as R
-from osnas.plots import search as S
-from osnas.plots.common import FORMATS, save_figure, slug, unique_slugs
-from osnas.plots.readers import (EvalFolder, Metrics, RetrainRun, SearchRun, load_metrics, load_run,
-                                 run_metrics)
+from osnas.plots.readers import Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
+
+FORMATS = ("png", "svg")
 
 __all__ = ["run_plot", "load_inputs", "iter_figures"]
 
 
 def _label_runs(runs: list) -> None:
+    from osnas.plots.common import unique_slugs
+
     slugs = unique_slugs([r.path for r in runs])
     search = [r for r in runs if isinstance(r, SearchRun)]
     seeds = [r.meta.get("seed") for r in search]
@@ -54,8 +52,12 @@ def load_inputs(runs: Sequence[str], metrics: Sequence[str] = ()) -> Tuple[list,
     return loaded, files
 
 
-def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, Figure]]:
-    """(file stem, figure) pairs, drawn one at a time."""
+def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "Figure"]]:  # noqa: F821
+    """(file stem, matplotlib Figure) pairs, drawn one at a time."""
+    from osnas.plots import results as R
+    from osnas.plots import search as S
+    from osnas.plots.common import slug
+
     search = [r for r in loaded if isinstance(r, SearchRun)]
     retrain = [r for r in loaded if isinstance(r, RetrainRun)]
     many = len(loaded) > 1
@@ -77,6 +79,9 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, Fi
         for m in metrics:  # files sharing a label (seeds): examples from the first
             for lab, e in m.models.items():
                 first.setdefault(lab, (m, list(e["targets"])))
+        for m in metrics:
+            if not any(r.get("examples") for e in m.models.values() for r in e["targets"].values()):
+                R.note(f"{m.path}: no retrieval examples (older eval-crossdomain?); retrieval grids skipped")
         for lab, (m, targets) in first.items():
             for t in targets:
                 fig = R.retrieval(m, lab, t)
@@ -97,9 +102,11 @@ def run_plot(runs: Sequence[str], out: Optional[str] = None, fmt: str = "png",
     out_dir = Path(out) if out else (Path(runs[0]) / "plots" if len(runs) == 1 else Path("plots"))
     if out_dir.exists() and not out_dir.is_dir():
         raise OsnasError(f"{out_dir}: --out must be a folder, got a file")
+    from osnas.plots import common  # matplotlib only once the inputs are valid
+
     written: List[str] = []
     for name, fig in iter_figures(loaded, files):
-        path = save_figure(fig, out_dir / f"{name}.{fmt}", fmt)
+        path = common.save_figure(fig, out_dir / f"{name}.{fmt}", fmt)
         print(path, flush=True)
         written.append(str(path))
     if not written:

@@ -266,7 +266,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     a = 0
     while a < Q:
         z, tot = a, 0
-        while z < Q and (z == a or tot + per_row[z] <= _PAIR_BLOCK):
+        while z < Q and (z == a or (tot + per_row[z] <= _PAIR_BLOCK and (z - a + 1) * G <= _ROW_BLOCK_ELEMS)):
             tot += per_row[z]
             z += 1
         s, e = Vq.indptr[a], Vq.indptr[z]

@@ -16,7 +16,6 @@ import numpy as np
 import yaml
 
 from osnas.errors import OsnasError
-from osnas.utils import read_json
 
 NON_LOSS_KEYS = {"epoch", "lr", "acc", "fixbase"}
 
@@ -123,6 +122,8 @@ def _read_mapping(path: Path, what: str) -> dict:
         except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
             raise OsnasError(f"{path}: not a valid {what} ({str(e).splitlines()[0]})") from None
     else:
+        from osnas.utils import read_json  # (imports torch: only once a file is really read)
+
         d = read_json(path, what)
     if not isinstance(d, dict):
         raise OsnasError(f"{path}: expected a {what} holding a mapping, got {type(d).__name__}")

@@ -95,7 +95,7 @@ def results(metrics: Sequence[Metrics]) -> Figure:
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     labels = [f"{lab} (n={ag['n'][lab]})" if ag["n"][lab] > 1 else lab for lab in models]
-    fig.legend([Patch(color=c) for c in colors], labels, loc="outside upper center", ncol=min(M, 3), fontsize=8,
+    fig.legend([Patch(color=c) for c in colors], labels, loc="outside lower center", ncol=min(M, 3), fontsize=8,
                frameon=False)
     settings = sorted({f"{m.data.get('metric', '?')}{', re-ranked' if m.data.get('rerank') else ''}" for m in metrics})
     sources = {tuple(e.get("sources") or []) for m in metrics for e in m.models.values()}
@@ -146,8 +146,7 @@ def retrieval(metrics: Metrics, label: str, target: str, top: int = 10, max_quer
     r = metrics.models[label]["targets"][target]
     ex = [e for e in (r.get("examples") or []) if isinstance(e, dict) and e.get("query")][:max_queries]
     if not ex:
-        note(f"{metrics.path}: no retrieval examples for {label} on {target}; retrieval grid skipped")
-        return None
+        return None  # the caller notes files without examples
     bases = [metrics.path.parent, Path.cwd()]
     cells = []  # per row: [(image or None, kind, info)]
     found = missing = 0
@@ -248,7 +247,7 @@ def training(run: RetrainRun) -> Figure:
     handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="learning rate (right axes)"))
     if fix.any():
         handles.append(Patch(color=WARMUP_COLOR, label="classifier-only epochs (fixbase)"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     g = run.genotype or {}
     m = run.meta
     name = g.get("name") or m.get("genotype") or run.path.name

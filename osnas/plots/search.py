@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from osnas.plots.common import (CHOSEN_COLOR, WARMUP_COLOR, candidate_colors, grid_shape, new_figure,
                                 series_colors, shade_warmup)
@@ -26,12 +27,13 @@ def _uniform(space) -> bool:
 
 
 def _decimals(mat: np.ndarray) -> int:
-    """2 decimals, 3 where the top two candidates of a row are within 0.01 (early or flat runs)."""
+    """Enough decimals (2 to 4) to tell the top two candidates of every row apart (early or flat runs)."""
+    gap = 1.0
     for row in mat:
         v = np.sort(row[~np.isnan(row)])[::-1]
-        if len(v) > 1 and v[0] - v[1] < 0.01:
-            return 3
-    return 2
+        if len(v) > 1:
+            gap = min(gap, float(v[0] - v[1]))
+    return 4 if gap <= 1e-4 else int(min(4, max(2, math.ceil(-math.log10(gap)))))
 
 
 def _subtitle(run: SearchRun) -> str:
@@ -41,7 +43,7 @@ def _subtitle(run: SearchRun) -> str:
         bits.append(str(m["objective"]))
     if m.get("sources"):
         bits.append("sources " + ", ".join(map(str, m["sources"])))
-    bits.append(f"step {int(run.history.steps[-1])}")
+    bits.append(f"{int(run.history.steps[-1]) + 1} steps")
     return " · ".join(bits)
 
 
@@ -111,6 +113,7 @@ def _panel_grid(fig: Figure, n: int):
     for k, ax in enumerate(axes):
         last_in_col = k + ncols >= n
         ax.xaxis.set_tick_params(labelbottom=last_in_col)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if last_in_col:
             ax.set_xlabel("step")
         if k % ncols == 0:
@@ -160,7 +163,7 @@ def alpha_trajectories(run: SearchRun) -> Figure:
         handles.append(Patch(color=WARMUP_COLOR, label="warm-up (alphas frozen)"))
     if tau_varies:
         handles.append(Line2D([], [], color="black", ls="--", lw=1, label="Gumbel τ (right axis)"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     note = ""
     if gumbel and not tau_varies:
         note = f" (Gumbel τ = {h.tau[0]:g} throughout)"
@@ -187,6 +190,7 @@ def entropy(run: SearchRun) -> Figure:
                    label=f"max log {n} = {math.log(n):.3f}" + (f" (n={n})" if len(ns) > 1 else ""))
     ax.set_ylim(0, math.log(max(ns)) * 1.08)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("entropy (nats)")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -293,7 +297,7 @@ def seeds_trajectories(runs: Sequence[SearchRun]) -> Figure:
     handles.append(Line2D([], [], color="0.6", ls=":", lw=1, label="uniform 1/n"))
     if runs[0].history.warm.any():
         handles.append(Patch(color=WARMUP_COLOR, label=f"warm-up ({runs[0].label})"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.suptitle(f"Probability of the modal candidate during the search, {len(runs)} runs of "
                  f"{runs[0].space.name}", fontsize=10)
     return fig
