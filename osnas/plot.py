@@ -78,7 +78,8 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
         first = {}
         for m in metrics:  # files sharing a label (seeds): examples from the first
             for lab, e in m.models.items():
-                first.setdefault(lab, (m, list(e["targets"])))
+                if any(r.get("examples") for r in e["targets"].values()):
+                    first.setdefault(lab, (m, list(e["targets"])))
         for m in metrics:
             if not any(r.get("examples") for e in m.models.values() for r in e["targets"].values()):
                 R.note(f"{m.path}: no retrieval examples (older eval-crossdomain?); retrieval grids skipped")

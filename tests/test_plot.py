@@ -106,8 +106,9 @@ def make_retrain_run(root: Path, name="rt", epochs=6, metrics=True, images=None)
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"stage": "retrain", "genotype": "searched", "arch": "osnet_x0_25",
                                             "sources": ["synth0", "synth1"], "seed": 1}))
-    rows = [{"epoch": e, "lr": 1e-3 * 0.5 ** e, "fixbase": e < 2, "acc": min(1.0, 0.1 * e),
-             "id": 4.0 - 0.4 * e, "triplet": 1.0 - 0.1 * e} for e in range(epochs)]
+    rows = [{"epoch": e, "lr": 1e-5 + 1e-3 * 0.5 * (1 + math.cos(math.pi * e / epochs)), "fixbase": e < 2,
+             "acc": 1 - math.exp(-e / 8), "id": 0.5 + 4 * math.exp(-e / 10), "triplet": 0.3 * math.exp(-e / 6)}
+            for e in range(epochs)]
     (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "genotype.yaml").write_text("name: searched\narch: osnet_x0_25\nplan: {stem: in}\n")
     if metrics:
@@ -123,7 +124,7 @@ def figures(runs, metrics=()):
 
 
 def chosen(fig):
-    return [p for ax in fig.axes for p in ax.patches if p.get_gid() == "chosen"]
+    return [p for ax in fig.axes for p in ax.patches if (p.get_gid() or "").startswith("chosen:")]
 
 
 def panels(fig):
@@ -185,11 +186,11 @@ def test_heatmap_trajectories_entropy_panels(tmp_path, space, shape):
     for ax, p in zip(ps, sp.positions):
         assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
         assert len(ax.get_lines()) == len(p.names) + 1  # candidates + uniform level
-        assert any(patch.get_gid() == "warmup" for patch in ax.patches)
+        assert any((patch.get_gid() or "").startswith("warmup:") for patch in ax.patches)
     ent = figs["entropy"]
     ax = ent.axes[0]
     assert len([ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("entropy:")]) == shape[0]
-    maxes = [ln for ln in ax.get_lines() if ln.get_gid() == "max-entropy"]
+    maxes = [ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("max-entropy:")]
     assert len(maxes) == 1 and maxes[0].get_ydata()[0] == pytest.approx(math.log(shape[1]))
     assert ax.get_ylabel() == "entropy (nats)"
 
@@ -269,12 +270,12 @@ def test_retrain_run_with_eval_gives_training_results_retrieval(tmp_path, captur
     figs["retrieval_synthA"].savefig(buf, format="png")  # one real render with the images
     assert len(buf.getvalue()) > 5000
     grid = figs["retrieval_synthA"]
-    gids = [ax.get_gid() for ax in grid.axes]
-    assert gids.count("query") == 2 and gids.count("match") + gids.count("miss") == 20
-    assert gids.count("match") == 2 * 4  # ranks 1, 4, 7, 10 are true matches in the fabricated examples
+    kinds = [(ax.get_gid() or "").split(":")[0] for ax in grid.axes]
+    assert kinds.count("query") == 2 and kinds.count("match") + kinds.count("miss") == 20
+    assert kinds.count("match") == 2 * 4  # ranks 1, 4, 7, 10 are true matches in the fabricated examples
     tr = figs["training"]
     lines = {ln.get_gid() for ax in tr.axes for ln in ax.get_lines()}
-    assert {"loss:id", "loss:triplet", "acc", "lr"} <= lines
+    assert {"loss:id", "loss:triplet", "acc", "lr:loss", "lr:acc"} <= lines
 
 
 def test_retrieval_skipped_when_images_missing(tmp_path, capsys):
@@ -308,12 +309,15 @@ def test_results_mean_std_over_files_sharing_labels(tmp_path):
 def test_svg_format(tmp_path):
     from osnas.plot import run_plot
 
-    paths = run_plot([str(make_search_run(tmp_path))], out=str(tmp_path / "svg"), fmt="svg", metrics=[])
-    assert len(paths) == 3
+    run = make_search_run(tmp_path, steps=8, warmup=2)
+    (run / "alphas.jsonl").write_text((run / "alphas.jsonl").read_text().splitlines()[0] + "\n")  # small & fast
+    paths = run_plot([str(run)], out=str(tmp_path / "svg"), fmt="svg", metrics=[])
+    assert [Path(p).name for p in paths] == ["alpha_heatmap.svg", "alpha_trajectories.svg", "entropy.svg"]
     for p in paths:
-        assert p.endswith(".svg")
         text = Path(p).read_text()
-        assert "<svg" in text and "conv2.0" in text  # text kept as text (svg.fonttype none)
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+        assert "conv4.1" in text  # text kept as text (svg.fonttype none): position names searchable
+    assert 'id="chosen:conv4.1"' in Path(paths[0]).read_text()  # the chosen-cell gids survive into the SVG
 
 
 # ----------------------------------------------------------------------------- bad inputs

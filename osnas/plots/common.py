@@ -64,11 +64,11 @@ def spans(steps: np.ndarray, mask: np.ndarray) -> List[Tuple[float, float]]:
     return out
 
 
-def shade_warmup(ax, steps: np.ndarray, warm: np.ndarray) -> bool:
-    """Grey band over the warm-up steps (alphas frozen); True if any."""
+def shade_warmup(ax, steps: np.ndarray, warm: np.ndarray, tag: str = "") -> bool:
+    """Grey band over the warm-up steps (alphas frozen); True if any. gid warmup:TAG:k (unique in SVG)."""
     sp = spans(steps, warm)
-    for a, b in sp:
-        ax.axvspan(a, b, color=WARMUP_COLOR, alpha=0.6, lw=0, zorder=0, gid="warmup")
+    for k, (a, b) in enumerate(sp):
+        ax.axvspan(a, b, color=WARMUP_COLOR, alpha=0.6, lw=0, zorder=0, gid=f"warmup:{tag}:{k}")
     return bool(sp)
 
 

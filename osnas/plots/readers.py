@@ -269,7 +269,8 @@ def load_metrics(path) -> Metrics:
     d = _read_mapping(p, "metrics file (metrics.json)")
     models = d.get("models")
     if not isinstance(models, dict) or not models:
-        raise OsnasError(f"{p}: expected 'models' {{label: {{targets: ...}}}} (a metrics.json from osnas eval-crossdomain)")
+        raise OsnasError(f"{p}: expected 'models' {{label: {{targets: ...}}}} "
+                         "(a metrics.json from osnas eval-crossdomain)")
     for label, m in models.items():
         ts = m.get("targets") if isinstance(m, dict) else None
         if not isinstance(ts, dict) or not ts:

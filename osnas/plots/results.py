@@ -68,7 +68,7 @@ def results(metrics: Sequence[Metrics]) -> Figure:
         ax.set_gid(f"results:{key}")
         top = 0.0
         for i, (lab, col) in enumerate(zip(models, colors)):
-            xs, ms, ss = [], [], []
+            xs, ms, ss, ts = [], [], [], []
             for k, t in enumerate(targets):
                 v = ag[key].get(lab, {}).get(t)
                 if v is None:
@@ -76,20 +76,24 @@ def results(metrics: Sequence[Metrics]) -> Figure:
                 xs.append(k - 0.4 + width * (i + 0.5))
                 ms.append(v[0])
                 ss.append(v[1])
+                ts.append(t)
             if not xs:
                 continue
-            ax.bar(xs, ms, width * 0.92, color=col, yerr=ss if several else None, capsize=3 if several else 0,
-                   error_kw={"lw": 1, "ecolor": "black"}, gid=f"bars:{lab}")
+            bc = ax.bar(xs, ms, width * 0.92, color=col, yerr=ss if several else None, capsize=3 if several else 0,
+                        error_kw={"lw": 1, "ecolor": "black"})
+            for rect, t in zip(bc.patches, ts):
+                rect.set_gid(f"bar:{key}:{lab}:{t}")
             for x, mv, sv in zip(xs, ms, ss):
                 txt = f"{mv:.1f}" + (f"±{sv:.1f}" if several and sv > 0 else "")
                 ax.text(x, mv + sv + 0.8, txt, ha="center", va="bottom", fontsize=7,
                         rotation=90 if rotate or (several and sv > 0 and M > 2) else 0)
                 top = max(top, mv + sv)
         ax.set_xticks(range(T))
-        ax.set_xticklabels(targets)
+        srcs = {str(x) for m in metrics for e in m.models.values() for x in (e.get("sources") or [])}
+        ax.set_xticklabels([f"{t}\n(a training source!)" if t in srcs else t for t in targets])
         ax.set_xlim(-0.6, T - 0.4)
         ax.set_ylim(0, min(105.0, max(10.0, top * 1.25 + 4)))
-        ax.set_xlabel("target domain (unseen in training)")
+        ax.set_xlabel("target domain")
         ax.set_ylabel(f"{name} (%)")
         ax.set_title(name, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -184,12 +188,12 @@ def retrieval(metrics: Metrics, label: str, target: str, top: int = 10, max_quer
                 ax.text(0.5, 0.5, "image\nmissing", ha="center", va="center", fontsize=6, transform=ax.transAxes)
             if kind == "query":
                 _frame(ax, QUERY)
-                ax.set_gid("query")
+                ax.set_gid(f"query:{i}")
                 ax.set_title("query", fontsize=8, color=QUERY, fontweight="bold")
                 ax.set_xlabel(f"id {info.get('pid', '?')} cam {info.get('camid', '?')}", fontsize=6.5)
             else:
                 _frame(ax, MATCH if kind == "match" else MISS)
-                ax.set_gid(kind)
+                ax.set_gid(f"{kind}:{i}:{j}")
                 ax.set_title(f"#{j}", fontsize=8)
                 d = info.get("distance")
                 ax.set_xlabel(f"id {info.get('pid', '?')}" + (f"\nd {d:.3f}" if isinstance(d, (int, float)) else ""),
@@ -228,17 +232,19 @@ def training(run: RetrainRun) -> Figure:
     ax_a.set_title("identity-classification accuracy", fontsize=10)
     lr = np.array([float(r["lr"]) if isinstance(r.get("lr"), (int, float)) else np.nan for r in rows])
     handles = []
-    for ax in (ax_l, ax_a):
+    for ax, tag in ((ax_l, "loss"), (ax_a, "acc")):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for a, b in spans(ep, fix):
             ax.axvspan(a, b, color=WARMUP_COLOR, alpha=0.6, lw=0, zorder=0)
         if np.isfinite(lr).any():
             tw = ax.twinx()
-            tw.plot(ep, lr, color="0.3", ls="--", lw=1.0, gid="lr")
+            tw.plot(ep, lr, color="0.3", ls="--", lw=1.0, gid=f"lr:{tag}")
             pos = lr[np.isfinite(lr) & (lr > 0)]
             if len(pos) and pos.max() / pos.min() > 20:
                 tw.set_yscale("log")
+            else:
+                tw.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
             tw.set_ylabel("learning rate", fontsize=8, color="0.3")
             tw.tick_params(labelsize=7, colors="0.3")
     h1, l1 = ax_l.get_legend_handles_labels()
@@ -260,12 +266,3 @@ def training(run: RetrainRun) -> Figure:
                  fontsize=10)
     return fig
 
-
-def model_labels(metrics: Sequence[Metrics]) -> Dict[str, List[str]]:
-    """label -> targets with examples, from the first file that has that label."""
-    out: Dict[str, List[str]] = {}
-    for m in metrics:
-        for lab, e in m.models.items():
-            if lab not in out:
-                out[lab] = list(e["targets"])
-    return out

@@ -1,7 +1,8 @@
 """Search figures: final alpha heat-map, alpha trajectories, entropy, agreement of several runs.
 
-Artists carry gids the tests (and SVG readers) can find: heat-map cells chosen by argmax are
-Rectangles with gid "chosen"; trajectory panels are Axes with gid "position:NAME".
+Artists carry gids (unique ids in SVG) that tests and SVG readers can find: cells chosen by
+argmax are Rectangles "chosen:[RUN:]POSITION"; trajectory panels are Axes "position:NAME";
+agreement bars "agreement:POSITION"; warm-up bands "warmup:...".
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _subtitle(run: SearchRun) -> str:
 
 
 # ----------------------------------------------------------------------------- heat-map
-def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = True):
+def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = True, tag: str = ""):
     """Positions (rows, space order) x candidates; annotated; argmax outlined. Returns the image."""
     pos = run.positions
     uniform = _uniform(run.space)
@@ -70,12 +71,13 @@ def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = Tru
                     fontweight="bold" if c == run.choices[p.name] else "normal")
         j = p.names.index(run.choices[p.name])
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
-                               gid="chosen", zorder=3))
+                               gid=f"chosen:{tag}{p.name}", zorder=3))
     ax.set_xticks(range(ncol))
     ax.set_xticklabels(pos[0].names if uniform else [f"candidate {j}" for j in range(ncol)],
                        fontsize=fontsize)
     ax.set_yticks(range(len(pos)))
-    ax.set_yticklabels([p.name for p in pos] if row_labels else [], fontsize=fontsize)
+    ax.set_yticklabels([p.name for p in pos], fontsize=fontsize)
+    ax.tick_params(axis="y", labelleft=row_labels)
     ax.tick_params(length=0)
     ax.set_xticks(np.arange(-0.5, ncol, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, len(pos), 1), minor=True)
@@ -95,10 +97,10 @@ def alpha_heatmap(run: SearchRun) -> Figure:
     ax.set_xlabel("candidate" if _uniform(run.space) else "candidate (name in the cell)")
     ax.set_ylabel("position (search-space order)")
     fig.colorbar(im, ax=ax, label="probability", shrink=0.9)
-    ax.legend(handles=[Patch(facecolor="none", edgecolor=CHOSEN_COLOR, lw=2.5, label="chosen (argmax)")],
-              loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False, fontsize=8, borderaxespad=0.2)
+    fig.legend(handles=[Patch(facecolor="none", edgecolor=CHOSEN_COLOR, lw=2.5, label="chosen (argmax)")],
+               loc="outside lower center", frameon=False, fontsize=8)
     fig.suptitle(f"Final architecture probabilities — {run.label or run.path.name}", fontsize=11)
-    ax.set_title(_subtitle(run), fontsize=7.5, color="0.3", loc="right", wrap=True)
+    ax.set_title(_subtitle(run), fontsize=7.5, color="0.3", wrap=True)
     return fig
 
 
@@ -125,7 +127,7 @@ def _tau_twin(ax, steps, tau, right_label: bool, top: float):
     tw = ax.twinx()
     tw.plot(steps, tau, color="black", ls="--", lw=1.0, alpha=0.6)
     tw.set_ylim(0, top)
-    tw.tick_params(labelsize=7, labelright=right_label)
+    tw.tick_params(labelsize=7, labelright=right_label, right=right_label)
     if right_label:
         tw.set_ylabel("Gumbel τ", fontsize=8)
     return tw
@@ -144,7 +146,7 @@ def alpha_trajectories(run: SearchRun) -> Figure:
     warm_any = False
     for k, (ax, p) in enumerate(zip(axes, pos)):
         ax.set_gid(f"position:{p.name}")
-        warm_any = shade_warmup(ax, h.steps, h.warm) or warm_any
+        warm_any = shade_warmup(ax, h.steps, h.warm, tag=p.name) or warm_any
         ax.axhline(1.0 / len(p.names), color="0.6", ls=":", lw=0.8)
         ch = run.choices[p.name]
         for j, c in enumerate(p.names):
@@ -177,7 +179,7 @@ def entropy(run: SearchRun) -> Figure:
     h, pos = run.history, run.positions
     fig = new_figure(9.5, 4.8)
     ax = fig.add_subplot()
-    warm = shade_warmup(ax, h.steps, h.warm)
+    warm = shade_warmup(ax, h.steps, h.warm, tag="entropy")
     colors = series_colors(len(pos))
     styles = ["-", "--", "-.", ":"] if len(pos) > 10 else ["-"]
     marker = "o" if len(h.steps) <= 30 else None
@@ -186,7 +188,7 @@ def entropy(run: SearchRun) -> Figure:
                 marker=marker, ms=3, label=p.name, gid=f"entropy:{p.name}")
     ns = sorted({len(p.names) for p in pos})
     for n in ns:
-        ax.axhline(math.log(n), color="black", ls="--", lw=1, gid="max-entropy",
+        ax.axhline(math.log(n), color="black", ls="--", lw=1, gid=f"max-entropy:{n}",
                    label=f"max log {n} = {math.log(n):.3f}" + (f" (n={n})" if len(ns) > 1 else ""))
     ax.set_ylim(0, math.log(max(ns)) * 1.08)
     ax.set_xlabel("step")
@@ -221,16 +223,6 @@ def agreement(runs: Sequence[SearchRun]) -> dict:
             "mean_agreement": float(np.mean([v["agreement"] for v in out.values()]))}
 
 
-def check_same_space(runs: Sequence[SearchRun]) -> None:
-    from osnas.errors import OsnasError
-
-    s0 = runs[0].space
-    for r in runs[1:]:
-        if [(p.name, p.names) for p in r.positions] != [(p.name, p.names) for p in s0.positions]:
-            raise OsnasError(f"{r.path}: space {r.space.name} differs from {runs[0].path} ({s0.name}); "
-                             "runs compared together must share a search space")
-
-
 def seeds_agreement(runs: Sequence[SearchRun]) -> Figure:
     """Each run's final probabilities side by side (chosen cells outlined) + per-position agreement."""
     ag = agreement(runs)
@@ -243,19 +235,22 @@ def seeds_agreement(runs: Sequence[SearchRun]) -> Figure:
     heat_axes = []
     im = None
     for k, r in enumerate(runs):
-        ax = fig.add_subplot(gs[0, k], sharey=heat_axes[0] if heat_axes else None)
-        im = draw_heatmap(ax, r, fontsize=7, row_labels=(k == 0))
+        ax = fig.add_subplot(gs[0, k])
+        im = draw_heatmap(ax, r, fontsize=7, row_labels=(k == 0), tag=f"{r.slug}:")
         ax.set_title(r.label, fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         heat_axes.append(ax)
     heat_axes[0].set_ylabel("position")
-    ax = fig.add_subplot(gs[0, R], sharey=heat_axes[0])
+    ax = fig.add_subplot(gs[0, R])
     ax.set_gid("agreement")
+    ax.set_ylim(len(pos) - 0.5, -0.5)  # rows as in the heat-maps
     colors = candidate_colors([c for p in pos for c in p.names])
     for i, p in enumerate(pos):
         a = ag["positions"][p.name]
         ax.barh(i, a["agreement"], height=0.6, color=colors[a["modal"]], gid=f"agreement:{p.name}")
-        ax.text(a["agreement"] + 0.02, i, f"{a['modal']} {a['count']}/{R}", va="center", fontsize=8)
+        tie = sum(v == a["count"] for v in a["counts"].values()) > 1
+        ax.text(a["agreement"] + 0.02, i, f"{a['modal']} {a['count']}/{R}" + (" (tie)" if tie else ""),
+                va="center", fontsize=8)
     ax.set_xlim(0, 1.45)
     ax.set_xticks([0, 0.5, 1.0])
     ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
@@ -283,7 +278,7 @@ def seeds_trajectories(runs: Sequence[SearchRun]) -> Figure:
         ax.set_gid(f"position:{p.name}")
         a = ag["positions"][p.name]
         j = p.names.index(a["modal"])
-        shade_warmup(ax, runs[0].history.steps, runs[0].history.warm)
+        shade_warmup(ax, runs[0].history.steps, runs[0].history.warm, tag=p.name)
         ax.axhline(1.0 / len(p.names), color="0.6", ls=":", lw=0.8)
         for r, col in zip(runs, colors):
             h = r.history
@@ -301,11 +296,6 @@ def seeds_trajectories(runs: Sequence[SearchRun]) -> Figure:
     fig.suptitle(f"Probability of the modal candidate during the search, {len(runs)} runs of "
                  f"{runs[0].space.name}", fontsize=10)
     return fig
-
-
-def search_figures(run: SearchRun) -> Dict[str, Figure]:
-    return {"alpha_heatmap": alpha_heatmap(run), "alpha_trajectories": alpha_trajectories(run),
-            "entropy": entropy(run)}
 
 
 def group_by_space(runs: Sequence[SearchRun]) -> List[List[SearchRun]]:
