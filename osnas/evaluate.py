@@ -38,6 +38,8 @@ def load_retrained(path) -> tuple:
         raise OsnasError(f"{path}: not a retrain checkpoint (missing {', '.join(missing)}); "
                          "search checkpoints go through `osnas derive` and `osnas retrain` first")
     model = model_from_spec(ck)
+    if not isinstance(ck["model"], dict):
+        raise OsnasError(f"{path}: the checkpoint's 'model' is a {type(ck['model']).__name__}, expected a state dict")
     try:
         model.load_state_dict(ck["model"], strict=True)
     except RuntimeError as e:
@@ -137,6 +139,8 @@ def _labels(paths: List[str], cks: List[dict]) -> List[str]:
         names.append(base)
     if len(set(names)) < len(names):  # same genotype twice: tell them apart by run folder
         names = [f"{n} ({Path(p).parent.name})" for n, p in zip(names, paths)]
+    if len(set(names)) < len(names):  # the same checkpoint twice
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
     return names
 
 
@@ -175,15 +179,16 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
     for p in paths:  # fail on a bad path before any long work
         if not Path(p).is_file():
             raise OsnasError(f"{p}: checkpoint not found")
-    ctx = dist.init()
+    ctx = dist.init(cfg.run.device)
+    ok = False
     try:
         device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
         out_dir = Path(out) if out else (Path(paths[0]).parent / "eval" if len(paths) == 1
                                          else Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
+        loaded = [load_retrained(p) for p in paths]  # bad checkpoints fail before the output folder is touched
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             setup_run_logging(out_dir)
-        loaded = [load_retrained(p) for p in paths]
         labels = _labels(paths, [ck for _, ck in loaded])
         metrics = {"metric": cfg.eval.metric, "rerank": cfg.eval.rerank, "targets": tlist, "models": {}}
         for label, p, (model, ck) in zip(labels, paths, loaded):
@@ -197,16 +202,20 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
                     log.info(f"{label} -> {t}: R1 {100 * r['rank1']:.1f} R5 {100 * r['rank5']:.1f} "
                              f"R10 {100 * r['rank10']:.1f} mAP {100 * r['mAP']:.1f} mINP {100 * r['mINP']:.1f}")
             metrics["models"][label] = entry
-        if ctx.is_main:
+
+        def write():
             write_json(out_dir / "metrics.json", metrics)
             table = results_table(metrics)
             atomic_write_text(out_dir / "results.md", f"# Cross-domain results ({cfg.eval.metric}"
                               f"{', re-ranked' if cfg.eval.rerank else ''})\n\n{table}")
             print(table, end="")
             print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'results.md'}")
+
+        dist.on_main(write, ctx)  # under DDP a failing write stops every rank with the same error
+        ok = True
         return metrics
     finally:
-        dist.shutdown(ctx)
+        dist.shutdown(ctx, clean=ok)
 
 
 def data_root_path(root) -> Path:
