@@ -77,7 +77,7 @@ def extract_features(model, items: Sequence[tuple], transform, batch_size: int =
 
 def evaluate_target(model, target: str, root: Path, cfg, device, ctx=None) -> dict:
     from osnas.data import build_dataset, transforms_from_config
-    from osnas.metrics import compute_distance_matrix, evaluate_features, evaluate_rank
+    from osnas.metrics import evaluate_features, evaluate_rank
 
     ds = build_dataset(target, root, skip_unparsable=cfg.data.skip_unparsable)
     tf = transforms_from_config(cfg.data, train=False)
@@ -91,12 +91,10 @@ def evaluate_target(model, target: str, root: Path, cfg, device, ctx=None) -> di
     g_pids = np.array([it[1] for it in ds.gallery])
     g_cams = np.array([it[2] for it in ds.gallery])
     if e.rerank:
-        from osnas.rerank import re_ranking
+        from osnas.rerank import re_ranking_features
 
-        qg = compute_distance_matrix(qf, gf, e.metric)
-        qq = compute_distance_matrix(qf, qf, e.metric)
-        gg = compute_distance_matrix(gf, gf, e.metric)
-        dm = re_ranking(qg, qq, gg, e.k1, e.k2, e.lambda_value)
+        # checks first that the (Q+G)^2 matrices fit in memory (one-line error otherwise)
+        dm = re_ranking_features(qf, gf, metric=e.metric, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value)
         r = evaluate_rank(dm, q_pids, g_pids, q_cams, g_cams, max_rank=e.max_rank)
     else:
         r = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=e.metric, max_rank=e.max_rank,

@@ -120,21 +120,22 @@ class _Columns:
         out = np.empty((z - a, self.N), np.float32)
         # rows of O^T that are query columns: [q_q[:, i] ; q_g[i, :]]
         qa, qz = min(a, Q), min(z, Q)
+        # squared in the input's precision, stored as float32 (like the reference)
+        sq = lambda src, dst: np.square(src, out=dst, casting="unsafe")  # noqa: E731
         if qz > qa:
-            out[: qz - qa, :Q] = self.q_q[:, qa:qz].T
-            out[: qz - qa, Q:] = self.q_g[qa:qz]
+            sq(self.q_q[:, qa:qz].T, out[: qz - qa, :Q])
+            sq(self.q_g[qa:qz], out[: qz - qa, Q:])
         ga, gz = max(a, Q) - Q, max(z, Q) - Q
         if gz > ga:
             o = qz - qa
-            out[o:, :Q] = self.q_g[:, ga:gz].T
-            out[o:, Q:] = self.g_g[:, ga:gz].T
-        np.square(out, out=out)
+            sq(self.q_g[:, ga:gz].T, out[o:, :Q])
+            sq(self.g_g[:, ga:gz].T, out[o:, Q:])  # a transposing copy: the costly part
         return out
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """O[j, i]^2 for index arrays i, j (float32)."""
         Q = self.Q
-        out = np.empty(i.shape, np.float32)
+        out = np.empty(i.shape, np.result_type(self.q_g, self.q_q, self.g_g))
         iq, jq = i < Q, j < Q
         m = iq & jq
         out[m] = self.q_q[j[m], i[m]]
@@ -144,7 +145,7 @@ class _Columns:
         out[m] = self.q_g[i[m], j[m] - Q]
         m = ~iq & ~jq
         out[m] = self.g_g[j[m] - Q, i[m] - Q]
-        return np.square(out, out=out)
+        return np.square(out).astype(np.float32)
 
 
 def _topk_stable(block: np.ndarray, k: int) -> np.ndarray:
@@ -283,7 +284,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
             acc = np.bincount(np.repeat(ri, cnt) * G + j, weights=mins, minlength=(z - a) * G)
         m = acc.reshape(z - a, G).astype(np.float32)
         jac = 1 - m / (2.0 - m)
-        orig = cols.q_g[a:z].astype(np.float32) ** 2 / colmax[a:z, None]
+        orig = np.square(cols.q_g[a:z]).astype(np.float32) / colmax[a:z, None]  # T[query, gallery]
         out[a:z] = jac * (1 - lam) + orig * lam
         a = z
     return out
