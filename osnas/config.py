@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,8 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps
     progress: bool = True
-    sync_bn: bool = False  # under DDP
+    sync_bn: bool = False  # under DDP: SyncBatchNorm (CUDA only)
+    ddp_check: bool = False  # under DDP: verify ranks agree on weights/alphas after every step (always at checkpoints)
 
 
 @dataclass
@@ -151,6 +153,9 @@ def _section_types(obj) -> dict:
     return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _check_type(key: str, value: Any, default: Any) -> Any:
     """Coerce/check `value` against the type of the default; name the key on a mismatch."""
     if isinstance(default, bool):
@@ -164,6 +169,8 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         raise OsnasError(f"config key {key}: expected a number, got {value!r}")
     if isinstance(default, str):
         if isinstance(value, str):

@@ -20,14 +20,15 @@ import torch
 
 from osnas import distributed as dist
 from osnas.config import Config, build_config, data_root, load_yaml, save_config
-from osnas.errors import OsnasError
+from osnas.errors import NaNLossError, OsnasError
 from osnas.genotypes import load_genotype
 from osnas.losses import CenterLoss, reid_loss
 from osnas.models import build_model
 from osnas.training import (SeededDataset, batch_loader, build_optimizer, check_finite, derive_seed, graceful_stop,
                             lr_factor, set_lr)
-from osnas.utils import (Progress, atomic_write_text, load_checkpoint, log, resolve_device, rng_state,
-                         save_checkpoint, seed_everything, set_rng_state, setup_run_logging, write_json)
+from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
+                         remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
+                         set_rng_state, setup_run_logging, write_json)
 
 CHECKPOINT = "checkpoint.pth"
 TRAIN_LOG = "train_log.jsonl"
@@ -84,11 +85,14 @@ def resolve_retrain_config(genotype, sources, data_root_arg, config_file, overri
 def run_retrain(genotype=None, sources=None, data_root=None, config_file=None, overrides=None, out=None,
                 pretrained=None, resume=False) -> Path:
     cfg, g, run_dir = resolve_retrain_config(genotype, sources, data_root, config_file, overrides, out, resume)
-    ctx = dist.init()
+    ctx = dist.init(cfg.run.device)
+    ok = False
     try:
-        return train(cfg, g, run_dir, pretrained=pretrained, resume=resume, ctx=ctx)
+        out = train(cfg, g, run_dir, pretrained=pretrained, resume=resume, ctx=ctx)
+        ok = True
+        return out
     finally:
-        dist.shutdown(ctx)
+        dist.shutdown(ctx, clean=ok)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -104,8 +108,11 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
 
     ctx = ctx or dist.DistContext()
     t, d = cfg.train, cfg.data
+    dist.check_sync_bn(cfg.run.sync_bn, ctx)
     if run_dir.exists() and not resume and (run_dir / CHECKPOINT).exists():
         raise OsnasError(f"{run_dir}: already holds a retrain run; use --resume to continue it or another --out")
+    # a broken checkpoint fails before any data is read and before the run folder is touched
+    ck = _load_resumable(run_dir / CHECKPOINT, center=t.center_weight > 0) if resume else None
     seed = cfg.run.seed
     seed_everything(seed)
     device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
@@ -142,35 +149,46 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
     spec = model_spec(cfg, genotype, union.num_classes)
     epoch, step_in_epoch = 0, 0
     if resume:
-        ck = load_checkpoint(run_dir / CHECKPOINT, "retrain checkpoint")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if center is not None:
-            center.load_state_dict(ck["center"])
-            c_opt.load_state_dict(ck["center_opt"])
-        set_rng_state(ck["rng"])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if center is not None:
+                center.load_state_dict(ck["center"])
+                c_opt.load_state_dict(ck["center_opt"])
+            set_rng_state(ck["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            from osnas.search.loop import _first_line
+
+            raise OsnasError(f"{run_dir / CHECKPOINT}: does not fit this run ({_first_line(e)})") from None
         epoch, step_in_epoch = ck["epoch"], ck["step_in_epoch"]
-        if ctx.is_main:
+        del ck
+
+        def start():
+            remove_stale_temps(run_dir / CHECKPOINT)  # left by a write that was killed
             _truncate_log(run_dir, epoch)
-            log.info(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch}")
-    elif ctx.is_main:
-        save_config(cfg, run_dir)
-        genotype.save(run_dir / "genotype.yaml")
-        write_json(run_dir / "run.json", {"stage": "retrain", "genotype": genotype.name, "arch": cfg.model.arch,
-                                         "sources": union.domain_names, "seed": seed, "pretrained": pretrained,
-                                         "world_size": ctx.world_size})
-        (run_dir / TRAIN_LOG).write_text("")
-        log.info(f"retrain {genotype.name or 'genotype'} ({cfg.model.arch}, IN at {', '.join(genotype.in_sites()) or 'none'})"
-                 f" on {', '.join(union.domain_names)}: {len(union.train)} images, {union.num_classes} identities, "
-                 f"{t.epochs} epochs x {steps} steps -> {run_dir}")
+            log.info(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch}"
+                     + (f" on {ctx.world_size} processes" if ctx.distributed else ""))
+    else:
+        def start():
+            _write_start(cfg, genotype, run_dir, union, seed, pretrained, steps, ctx)
+    dist.on_main(start, ctx)  # under DDP: every rank waits for rank 0's writes, shares its errors
 
     def save(ep, sie):
-        if ctx.is_main:
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "center": center.state_dict() if center is not None else None,
-                             "center_opt": c_opt.state_dict() if c_opt is not None else None,
-                             "rng": rng_state(), "epoch": ep, "step_in_epoch": sie, "sources": union.domain_names,
-                             "seed": seed, **spec}, run_dir / CHECKPOINT)
+        if ctx.distributed:  # all ranks: same BN buffers, then verify that the weights agree
+            dist.sync_buffers(model, ctx)
+            groups = dist.model_groups(model)
+            if center is not None:
+                groups["centers"] = list(center.parameters())
+            dist.check_consistent(groups, ctx, f"retrain epoch {ep} step {sie}")
+        dist.on_main(lambda: save_checkpoint(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "center": center.state_dict() if center is not None else None,
+             "center_opt": c_opt.state_dict() if c_opt is not None else None,
+             "rng": rng_state(), "epoch": ep, "step_in_epoch": sie, "sources": union.domain_names,
+             "seed": seed, **spec}, run_dir / CHECKPOINT), ctx)
+        if ctx.distributed and ctx.is_main:
+            log.info(f"checkpoint at epoch {ep} step {sie}: {ctx.world_size} ranks agree on weights and BN buffers "
+                     f"(state sha256 {dist.digest(model.state_dict().values())[:16]})")
 
     use_amp = t.amp and (device.type == "cuda" or device.type == "cpu")
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
@@ -192,7 +210,13 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
                     logits, feats = wrapped(x)
                     loss, parts = reid_loss(logits.float(), feats.float(), pids, t.label_smooth, t.id_weight,
                                             t.triplet_weight, t.margin, center, t.center_weight)
-                check_finite(loss, f"retrain epoch {epoch} step {step_in_epoch}")
+                if ctx.distributed:  # all ranks agree on NaN and on stopping, before DDP's backward
+                    _, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
+                    if bad:
+                        raise NaNLossError(f"non-finite loss at retrain epoch {epoch} step {step_in_epoch} on some "
+                                           "rank; stopped, the last good checkpoint is kept")
+                else:
+                    check_finite(loss, f"retrain epoch {epoch} step {step_in_epoch}")
                 opt.zero_grad(set_to_none=True)
                 if c_opt is not None:
                     c_opt.zero_grad(set_to_none=True)
@@ -209,27 +233,42 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
                 else:
                     opt.step()
                 if c_opt is not None:
-                    for p in center.parameters():  # undo the loss weight on the centre update (Luo et al.)
+                    cps = list(center.parameters())
+                    if ctx.distributed:  # the centres are outside DDP: average their gradients here
+                        for p, g in zip(cps, dist.allreduce_mean([p.grad for p in cps], ctx)):
+                            p.grad.copy_(g)
+                    for p in cps:  # undo the loss weight on the centre update (Luo et al.)
                         p.grad.data *= 1.0 / t.center_weight
                     c_opt.step()
+                if ctx.distributed and cfg.run.ddp_check:
+                    groups = dist.model_groups(model, buffers=False)
+                    if center is not None:
+                        groups["centers"] = list(center.parameters())
+                    dist.check_consistent(groups, ctx, f"retrain epoch {epoch} step {step_in_epoch}")
                 step_in_epoch += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(pids)
                 n_seen += len(pids)
                 correct += int((logits.argmax(1) == pids).sum())
                 progress.update(1, epoch=epoch, loss=float(loss.detach()))
-                if stop:
+                if (stop_now if ctx.distributed else stop):
                     save(epoch, step_in_epoch)
                     from osnas.search.loop import OsnasInterrupted
 
                     raise OsnasInterrupted(f"interrupted: checkpoint saved in {run_dir}; continue with: "
                                            f"osnas retrain --genotype {run_dir / 'genotype.yaml'} --out {run_dir} --resume")
+            if ctx.distributed:  # the epoch's statistics over all ranks' batches
+                keys = sorted(sums)
+                tot = dist.allreduce_mean([torch.tensor([n_seen, correct] + [sums[k] for k in keys],
+                                                        dtype=torch.float64)], ctx)[0] * ctx.world_size
+                n_seen, correct = int(round(float(tot[0]))), int(round(float(tot[1])))
+                sums = {k: float(v) for k, v in zip(keys, tot[2:])}
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "fixbase": fixbase,
                    "acc": correct / max(n_seen, 1), **{k: v / max(n_seen, 1) for k, v in sums.items()}}
             epoch, step_in_epoch = epoch + 1, 0
             if ctx.is_main:
-                with open(run_dir / TRAIN_LOG, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                with open_append(run_dir / TRAIN_LOG) as f:
+                    append_line(f, json.dumps(row))
                 log.info(f"epoch {row['epoch']}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                            if isinstance(v, float)))
             if epoch % cfg.run.checkpoint_every == 0 or epoch == t.epochs:
@@ -241,15 +280,38 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
     return run_dir
 
 
+def _load_resumable(path: Path, center: bool) -> dict:
+    ck = load_checkpoint(path, "retrain checkpoint")
+    need = ("model", "optimizer", "rng", "epoch", "step_in_epoch") + (("center", "center_opt") if center else ())
+    missing = [k for k in need if ck.get(k) is None]
+    if missing:
+        raise OsnasError(f"{path}: not a retrain checkpoint to resume (missing {', '.join(missing)})")
+    return ck
+
+
+def _write_start(cfg, genotype, run_dir: Path, union, seed: int, pretrained, steps: int, ctx) -> None:
+    t = cfg.train
+    save_config(cfg, run_dir)
+    genotype.save(run_dir / "genotype.yaml")
+    write_json(run_dir / "run.json", {"stage": "retrain", "genotype": genotype.name, "arch": cfg.model.arch,
+                                     "sources": union.domain_names, "seed": seed, "pretrained": pretrained,
+                                     "world_size": ctx.world_size})
+    atomic_write_text(run_dir / TRAIN_LOG, "")
+    log.info(f"retrain {genotype.name or 'genotype'} ({cfg.model.arch}, IN at {', '.join(genotype.in_sites()) or 'none'})"
+             f" on {', '.join(union.domain_names)}: {len(union.train)} images, {union.num_classes} identities, "
+             f"{t.epochs} epochs x {steps} steps -> {run_dir}"
+             + (f" ({ctx.world_size} processes, data.batch_size per process)" if ctx.distributed else ""))
+
+
 def _set_trainable(model, classifier_only: bool) -> None:
     """Classifier-only epochs (reference DG recipe): freeze everything else, BN stats included."""
     head = model.head if hasattr(model, "head") else model.module.head
     for name, p in model.named_parameters():
         p.requires_grad_(not classifier_only or "head.classifier" in name)
     model.train()
-    if classifier_only:
+    if classifier_only:  # the model and head stay in train mode: the head returns logits only in train mode
         for m in model.modules():
-            if m is not head.classifier:
+            if m is not model and m is not head and m is not head.classifier:
                 m.eval()
     if getattr(head, "bottleneck", None) is not None:  # BNNeck bias stays frozen
         head.bottleneck.bias.requires_grad_(False)

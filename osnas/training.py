@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Dict, List, Sequence, Tuple
 
@@ -168,15 +170,25 @@ class StopFlag:
         return self.signum is not None
 
 
+# Under torchrun a Ctrl-C reaches each worker twice: from the terminal (process group) and
+# forwarded by the agent. A repeat within this many seconds counts as the same request.
+TORCHRUN_REPEAT_S = 5.0
+
+
 @contextmanager
 def graceful_stop():
     flag = StopFlag()
     old = {}
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    first = [0.0]
 
     def handler(signum, frame):
         if flag.signum is not None:  # second Ctrl-C: give up at once
+            if under_torchrun and time.monotonic() - first[0] < TORCHRUN_REPEAT_S:
+                return
             raise KeyboardInterrupt
         flag.signum = signum
+        first[0] = time.monotonic()
 
     for s in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -8,10 +8,11 @@ import logging
 import os
 import pickle
 import random
+import re
 import sys
 import tempfile
 import time
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +38,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise OsnasError(f"cannot write {path}: {e.strerror or e}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +52,54 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         raise OsnasError(f"cannot write {path}: {e.strerror or e}; the previous file is kept") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut after it keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Delete temp files a killed atomic write of `path` left behind (`.NAME.*.tmp`); returns how many.
+
+    Only for files this process owns (rank 0 of the run writing `path`).
+    """
+    path = Path(path)
+    n = 0
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def open_append(path: str | Path):
+    """Open a log (JSON lines) for appending; a failure is a one-line OsnasError."""
+    try:
+        return open(path, "a")
+    except OSError as e:
+        raise OsnasError(f"cannot write {path}: {e.strerror or e}; the last checkpoint is kept") from None
+
+
+def append_line(f, line: str) -> None:
+    """Append one line and flush (a killed run loses at most this line); disk full etc. -> OsnasError."""
+    try:
+        f.write(line + "\n")
+        f.flush()
+    except OSError as e:
+        raise OsnasError(f"cannot write {f.name}: {e.strerror or e}; the last checkpoint is kept") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -100,19 +152,35 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     if path.is_dir():
         raise OsnasError(f"{path}: is a folder, expected a {what} file (.pth/.pt)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling refused"
+        first = _unpickling_reason(str(e))
         raise OsnasError(
             f"{path}: refused to load {what}: it holds objects that weights_only loading does not "
             f"allow ({first[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, ...; garbage bytes raise almost anything
+        if isinstance(e, OSError) and e.errno is not None:  # EIO, EACCES...: the file exists but cannot be read
+            raise OsnasError(f"{path}: cannot read {what} ({e.strerror or e})") from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OsnasError(f"{path}: not a readable {what} (truncated or corrupt: {msg[:160]})") from None
     if not isinstance(obj, dict):
         raise OsnasError(f"{path}: expected a {what} holding a dict, got {type(obj).__name__}")
     return obj
+
+
+def _unpickling_reason(msg: str) -> str:
+    """The gist of torch's multi-paragraph weights_only refusal (which global or opcode it refused)."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", msg)
+    i = msg.find("WeightsUnpickler error:")
+    if i >= 0:
+        rest = [ln.strip() for ln in msg[i + len("WeightsUnpickler error:"):].splitlines() if ln.strip()]
+        if rest:
+            return rest[0].split(". Please use")[0]
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return lines[0] if lines else "unpickling refused"
 
 
 # ----------------------------------------------------------------------------- randomness

@@ -23,15 +23,16 @@ import torch
 
 from osnas import distributed as dist
 from osnas.config import Config, build_config, data_root, load_yaml, save_config
-from osnas.errors import OsnasError
+from osnas.errors import NaNLossError, OsnasError
 from osnas.losses import reid_loss
 from osnas.search import relax
 from osnas.search.architect import Architect
 from osnas.search.supernet import Supernet
 from osnas.training import (BatchStream, SeededDataset, batch_loader, build_optimizer, check_finite,
                             concat_keys, derive_seed, graceful_stop, lr_factor, set_lr)
-from osnas.utils import (Progress, atomic_write_text, load_checkpoint, log, resolve_device, rng_state,
-                         save_checkpoint, seed_everything, set_rng_state, setup_run_logging, write_json)
+from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
+                         remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
+                         set_rng_state, setup_run_logging, write_json)
 
 CHECKPOINT = "checkpoint.pth"
 HISTORY = "alphas.jsonl"
@@ -194,11 +195,14 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
         cfg, run_dir = resolve_search_config(sources, data_root, space, config_file, overrides, out, resume)
     else:
         run_dir = Path(out)
-    ctx = dist.init()
+    ctx = dist.init(cfg.run.device)
+    ok = False
     try:
-        return _search(cfg, run_dir, resume, ctx)
+        out = _search(cfg, run_dir, resume, ctx)
+        ok = True
+        return out
     finally:
-        dist.shutdown(ctx)
+        dist.shutdown(ctx, clean=ok)
 
 
 def validate_search_config(cfg: Config):
@@ -220,9 +224,12 @@ def validate_search_config(cfg: Config):
 
 def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     s, d = cfg.search, cfg.data
-    validate_search_config(cfg)
+    space = validate_search_config(cfg)
+    dist.check_sync_bn(cfg.run.sync_bn, ctx)
     if run_dir.exists() and not resume and (run_dir / CHECKPOINT).exists():
         raise OsnasError(f"{run_dir}: already holds a search run; use --resume to continue it or another --out")
+    # a broken checkpoint fails before any data is read and before the run folder is touched
+    ck = _load_resumable(run_dir / CHECKPOINT, space.sha256, cfg.model.arch, s.shared) if resume else None
     seed_everything(s_seed := cfg.run.seed)
     device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
     if ctx.is_main:
@@ -247,43 +254,38 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     base_lr = [g["lr"] for g in w_opt.param_groups]
     epoch, step_in_epoch, global_step = 0, 0, 0
     if resume:
-        ck = load_checkpoint(run_dir / CHECKPOINT, "search checkpoint")
-        _check_resumable(ck, model)
-        model.load_state_dict(ck["model"])
-        w_opt.load_state_dict(ck["w_opt"])
-        a_opt.load_state_dict(ck["a_opt"])
-        data.load_state(ck["streams"])
-        set_rng_state(ck["rng"])
+        try:
+            model.load_state_dict(ck["model"])
+            w_opt.load_state_dict(ck["w_opt"])
+            a_opt.load_state_dict(ck["a_opt"])
+            data.load_state(ck["streams"])
+            set_rng_state(ck["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise OsnasError(f"{run_dir / CHECKPOINT}: does not fit this run ({_first_line(e)})") from None
         epoch, step_in_epoch, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-        if ctx.is_main:
+        del ck
+
+        def start():
+            remove_stale_temps(run_dir / CHECKPOINT)  # left by a write that was killed
             _truncate_history(run_dir, global_step - 1)
-            log.info(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
-    elif ctx.is_main:
-        save_config(cfg, run_dir)
-        atomic_write_text(run_dir / "space.yaml", model.space.text)
-        write_json(run_dir / "run.json", {"stage": "search", "sources": data.domains, "space": model.space.name,
-                                         "space_sha256": model.space.sha256, "seed": s_seed, "arch": cfg.model.arch,
-                                         "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
-                                         "shared": s.shared, "world_size": ctx.world_size})
-        (run_dir / HISTORY).write_text("")
-        log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "
-                 f"on {', '.join(data.domains)}: {s.objective}, {s.order}-order, {model.relaxation}; "
-                 f"{len(data.items)} images, {data.num_classes} identities -> {run_dir}")
+            log.info(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch} (global step {global_step})"
+                     + (f" on {ctx.world_size} processes" if ctx.distributed else ""))
+    else:
+        def start():
+            _write_start(cfg, run_dir, model, data, s_seed, ctx)
+    dist.on_main(start, ctx)  # under DDP: every rank waits for rank 0's writes, shares its errors
 
     def save(ep, sie, gs):
-        if not ctx.is_main:
-            return
-        save_checkpoint({"model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                         "streams": data.state(), "rng": rng_state(), "epoch": ep, "step_in_epoch": sie,
-                         "global_step": gs, "space": model.space.name, "space_sha256": model.space.sha256,
-                         "arch": model.arch, "shared": model.shared, "relaxation": model.relaxation,
-                         "positions": [p.name for p in model.positions], "sources": data.domains, "seed": s_seed},
-                        run_dir / CHECKPOINT)
+        if ctx.distributed:  # all ranks: same BN buffers, then verify that weights/alphas/buffers agree
+            dist.sync_buffers(model, ctx)
+            dist.check_consistent(dist.model_groups(model, model.arch_parameters()), ctx, f"search step {gs}")
+        dist.on_main(lambda: _save_search_checkpoint(run_dir, model, w_opt, a_opt, data, ep, sie, gs, s_seed, ctx),
+                     ctx)
 
     total_steps = s.epochs * s.steps_per_epoch
     progress = Progress(total_steps, "search", "step", enabled=cfg.run.progress and ctx.is_main)
     progress.n = global_step
-    hist = open(run_dir / HISTORY, "a") if ctx.is_main else None
+    hist = open_append(run_dir / HISTORY) if ctx.is_main else None
     try:
         with graceful_stop() as stop:
             while epoch < s.epochs:
@@ -305,25 +307,34 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                     w_opt.zero_grad(set_to_none=True)
                     a_opt.zero_grad(set_to_none=True)
                     loss = loss_w_fn(wrapped, wb)
-                    check_finite(loss, f"search step {global_step}")
+                    if ctx.distributed:  # all ranks agree on NaN and on stopping, before DDP's backward
+                        loss_w, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
+                        if bad:
+                            raise NaNLossError(f"non-finite loss at search step {global_step} on some rank; stopped, "
+                                               "the last good checkpoint is kept")
+                    else:
+                        check_finite(loss, f"search step {global_step}")
+                        loss_w = float(loss.detach())
                     loss.backward()
                     if s.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.weight_parameters(), s.grad_clip)
                     w_opt.step()
                     if alphas_on and s.order == "single":
                         a_opt.step()
-                        loss_a = float(loss.detach())
+                        loss_a = loss_w
+                    if ctx.distributed and cfg.run.ddp_check:
+                        dist.check_consistent(dist.model_groups(model, model.arch_parameters(), buffers=False), ctx,
+                                              f"search step {global_step}")
                     step_in_epoch += 1
                     global_step += 1
                     if hist is not None:
-                        hist.write(json.dumps(history_row(model, global_step - 1, epoch, float(loss.detach()), loss_a)) + "\n")
-                        hist.flush()
-                    progress.update(1, epoch=epoch, loss=float(loss.detach()), tau=model.tau)
+                        append_line(hist, json.dumps(history_row(model, global_step - 1, epoch, loss_w, loss_a)))
+                    progress.update(1, epoch=epoch, loss=loss_w, tau=model.tau)
                     if global_step % cfg.run.log_every == 0 and ctx.is_main:
-                        log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {float(loss):.4f}"
+                        log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
                                  + (f" loss_a {loss_a:.4f}" if loss_a is not None else "") + " | "
                                  + " ".join(f"{p.name}:{model.choices()[p.name]}" for p in model.positions))
-                    if stop:
+                    if (stop_now if ctx.distributed else stop):
                         save(epoch, step_in_epoch, global_step)
                         del it, loader
                         raise OsnasInterrupted(f"interrupted: checkpoint saved at step {global_step} in {run_dir}; "
@@ -336,21 +347,66 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
         progress.close()
         if hist is not None:
             hist.close()
-    if ctx.is_main:
+
+    def finish():
         g = model.genotype(sources=data.domains, seed=s_seed, step=global_step)
         write_json(run_dir / "final_alphas.json", g.to_dict())
         log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
                                                 for k, v in g.positions.items()))
         log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir})")
+
+    dist.on_main(finish, ctx)
     return run_dir
+
+
+def _write_start(cfg, run_dir: Path, model: Supernet, data: SearchData, seed: int, ctx) -> None:
+    s = cfg.search
+    save_config(cfg, run_dir)
+    atomic_write_text(run_dir / "space.yaml", model.space.text)
+    write_json(run_dir / "run.json", {"stage": "search", "sources": data.domains, "space": model.space.name,
+                                     "space_sha256": model.space.sha256, "seed": seed, "arch": cfg.model.arch,
+                                     "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
+                                     "shared": s.shared, "world_size": ctx.world_size})
+    (run_dir / HISTORY).write_text("")
+    log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "
+             f"on {', '.join(data.domains)}: {s.objective}, {s.order}-order, {model.relaxation}; "
+             f"{len(data.items)} images, {data.num_classes} identities -> {run_dir}"
+             + (f" ({ctx.world_size} processes, data.batch_size per process)" if ctx.distributed else ""))
+
+
+def _save_search_checkpoint(run_dir: Path, model: Supernet, w_opt, a_opt, data: SearchData, ep: int, sie: int,
+                            gs: int, seed: int, ctx) -> None:
+    save_checkpoint({"model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                     "streams": data.state(), "rng": rng_state(), "epoch": ep, "step_in_epoch": sie,
+                     "global_step": gs, "space": model.space.name, "space_sha256": model.space.sha256,
+                     "arch": model.arch, "shared": model.shared, "relaxation": model.relaxation,
+                     "positions": [p.name for p in model.positions], "sources": data.domains, "seed": seed},
+                    run_dir / CHECKPOINT)
+    if ctx.distributed:
+        log.info(f"checkpoint at step {gs}: {ctx.world_size} ranks agree on weights, alphas and BN buffers "
+                 f"(state sha256 {dist.digest(model.state_dict().values())[:16]})")
 
 
 class OsnasInterrupted(OsnasError):
     exit_code = 130
 
 
-def _check_resumable(ck: dict, model: Supernet) -> None:
-    for key, mine in (("space_sha256", model.space.sha256), ("arch", model.arch), ("shared", model.shared)):
+RESUME_KEYS = ("model", "w_opt", "a_opt", "streams", "rng", "epoch", "step_in_epoch", "global_step")
+
+
+def _load_resumable(path: Path, space_sha256: str, arch: str, shared: bool) -> dict:
+    ck = load_checkpoint(path, "search checkpoint")
+    missing = [k for k in RESUME_KEYS if k not in ck]
+    if missing:
+        raise OsnasError(f"{path}: not a search checkpoint (missing {', '.join(missing)})")
+    for key, mine in (("space_sha256", space_sha256), ("arch", arch), ("shared", shared)):
         if ck.get(key) != mine:
-            raise OsnasError(f"checkpoint does not match the run's config: {key} is {ck.get(key)!r} in the "
+            raise OsnasError(f"{path}: checkpoint does not match the run's config: {key} is {ck.get(key)!r} in the "
                              f"checkpoint, {mine!r} now")
+    return ck
+
+
+def _first_line(e: BaseException) -> str:
+    """The gist of a (possibly multi-line) torch error, for a one-line message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return ("; ".join(lines[:2]) or type(e).__name__)[:300]
