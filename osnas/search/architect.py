@@ -59,11 +59,15 @@ class Architect:
             loss = self._second_order(train_batch, val_batch)
         else:
             loss = self.loss_fn(self.model, val_batch if self.order == "first" else train_batch)
-            _check_finite(loss)
             grads = self.reduce(list(torch.autograd.grad(loss, self.alphas)))
             for a, g in zip(self.alphas, grads):
                 a.grad = g
         _restore_buffers(self.model, buffers)
+        # checked after the cross-rank average, so a NaN on any rank stops every rank alike
+        loss = self.reduce([loss.detach().reshape(1)])[0][0]
+        if not torch.isfinite(loss) or not all(torch.isfinite(a.grad).all() for a in self.alphas):
+            self.opt.zero_grad(set_to_none=True)
+            _check_finite(loss * float("nan") if torch.isfinite(loss) else loss)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.alphas, self.grad_clip)
         self.opt.step()
@@ -86,8 +90,7 @@ class Architect:
         W = self.weights
         backup = [w.detach().clone() for w in W]
         # unrolled step on the training batch: w' = w - xi * (m * buf + g + wd * w)
-        loss_t = self.loss_fn(self.model, train_batch)
-        _check_finite(loss_t)
+        loss_t = self.loss_fn(self.model, train_batch)  # NaNs propagate and are caught in step()
         g_t = self.reduce(_fill(torch.autograd.grad(loss_t, W, allow_unused=True), W))
         with torch.no_grad():
             for w, g in zip(W, g_t):
@@ -98,13 +101,12 @@ class Architect:
                 w.sub_(xi * d)
         # validation gradient at w'
         loss_v = self.loss_fn(self.model, val_batch)
-        _check_finite(loss_v)
         params = list(self.alphas) + W
         grads = self.reduce(_fill(torch.autograd.grad(loss_v, params, allow_unused=True), params))
         g_alpha, v = grads[: len(self.alphas)], grads[len(self.alphas):]
         # finite-difference Hessian-vector product around the original w
-        norm = torch.sqrt(sum((x * x).sum() for x in v))
-        eps = 0.01 / (float(norm) + 1e-12)
+        norm = float(torch.sqrt(sum((x * x).sum() for x in v)))
+        eps = 0.01 / (norm + 1e-12) if norm == norm and norm != float("inf") else 0.01
         with torch.no_grad():
             for w, b, x in zip(W, backup, v):
                 w.copy_(b + eps * x)
