@@ -261,11 +261,43 @@ class Candidates(nn.Module):
 
 
 def _weighted_sum(terms) -> torch.Tensor:
-    out = None
-    for w, y in terms:
-        y = y if w is None else w * y
-        out = y if out is None else out + y
-    return out
+    """sum_k w_k * y_k; fused (one output buffer, BLAS dots for dL/dw) when every w is a tensor."""
+    terms = list(terms)
+    if len(terms) == 1 and terms[0][0] is None:
+        return terms[0][1]
+    if any(w is None for w, _ in terms):
+        raise RuntimeError("mixing weights missing for some combos")
+    ws = torch.stack([w.reshape(()) for w, _ in terms])
+    return _MixSum.apply(ws, *[y for _, y in terms])
+
+
+class _MixSum(torch.autograd.Function):
+    """out = sum_k ws[k] * ys[k]; the supernet's mixing, its hot spot.
+
+    Default autograd runs k multiplies and k-1 adds forward and, backward, k multiplies for
+    dL/dy plus k multiply-and-sum passes (with full-size temporaries) for dL/dw. Here the
+    forward accumulates into one buffer and dL/dw_k = <g, y_k> is one BLAS dot each.
+    With one-hot weights the result is exactly the chosen y (1*y + 0*z == y).
+    """
+
+    @staticmethod
+    def forward(ctx, ws, *ys):
+        wl = ws.tolist()
+        out = torch.mul(ys[0], wl[0])
+        for w, y in zip(wl[1:], ys[1:]):
+            out.add_(y, alpha=w)
+        ctx.save_for_backward(ws, *ys)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        ws, *ys = ctx.saved_tensors
+        g = g.contiguous()
+        gflat = g.reshape(-1)
+        gw = torch.stack([torch.dot(gflat, y.contiguous().reshape(-1)) for y in ys]) \
+            if ctx.needs_input_grad[0] else None
+        gys = [g * w if ctx.needs_input_grad[i + 1] else None for i, w in enumerate(ws.tolist())]
+        return (gw, *gys)
 
 
 # ----------------------------------------------------------------------------- heads
