@@ -263,3 +263,34 @@ def save_config(cfg: Config, run_dir: str | Path) -> Path:
 def data_root(cfg_root: str = "") -> Path:
     """--data-root, else $OSNAS_DATA, else ./data."""
     return Path(cfg_root or os.environ.get("OSNAS_DATA") or "data")
+
+
+def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool = False,
+                       checkpoint: str = "checkpoint.pth", sources=None, data_root_arg=None,
+                       prefix: str = "run") -> tuple:
+    """(cfg, run_dir) for a training stage: defaults <- the run's saved config (--resume) <-
+    config file <- --set; then --sources / --data-root; no sources = the built-in domains."""
+    import time
+
+    run_dir = Path(out) if out else None
+    base = None
+    if resume:
+        if run_dir is None:
+            raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
+        if not (run_dir / checkpoint).is_file():
+            raise OsnasError(f"{run_dir / checkpoint}: no checkpoint to resume from")
+        base = load_yaml(run_dir / "config.yaml", "run config")
+    cfg = build_config(config_file, overrides, base=base)
+    if sources:
+        from osnas.data import parse_names
+
+        cfg.data.sources = parse_names(sources)
+    if data_root_arg:
+        cfg.data.root = str(data_root_arg)
+    if not cfg.data.sources:
+        from osnas.data import DEFAULT_SYNTH_SOURCES
+
+        cfg.data.sources = list(DEFAULT_SYNTH_SOURCES)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, run_dir

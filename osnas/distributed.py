@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -69,6 +70,18 @@ def init(device: str = "auto") -> DistContext:
     if owns:
         tdist.init_process_group(backend=backend)
     return DistContext(rank, world, local, dev, True, owns)
+
+
+@contextmanager
+def session(device: str = "auto"):
+    """`with session(cfg.run.device) as ctx:` -- init, and a clean shutdown (no final barrier on errors)."""
+    ctx = init(device)
+    ok = False
+    try:
+        yield ctx
+        ok = True
+    finally:
+        shutdown(ctx, clean=ok)
 
 
 def shutdown(ctx: DistContext, clean: bool = True) -> None:

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from osnas import distributed as dist
-from osnas.config import Config, build_config, data_root, load_yaml, save_config
+from osnas.config import Config, data_root, load_yaml, resolve_run_config, save_config
 from osnas.errors import NaNLossError, OsnasError
 from osnas.genotypes import load_genotype
 from osnas.losses import CenterLoss, reid_loss
@@ -52,47 +52,22 @@ def model_from_spec(spec: dict):
 
 
 def resolve_retrain_config(genotype, sources, data_root_arg, config_file, overrides, out, resume):
-    run_dir = Path(out) if out else None
-    base = None
-    if resume:
-        if run_dir is None:
-            raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
-        if not (run_dir / CHECKPOINT).is_file():
-            raise OsnasError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
-        base = load_yaml(run_dir / "config.yaml", "run config")
-    cfg = build_config(config_file, overrides, base=base)
-    g = load_genotype(run_dir / "genotype.yaml") if resume else load_genotype(genotype)
+    g = load_genotype(Path(out) / "genotype.yaml") if resume and out else load_genotype(genotype)
+    cfg, run_dir = resolve_run_config(config_file, overrides, out, resume, CHECKPOINT, sources, data_root_arg,
+                                      prefix=f"retrain-{g.name or 'genotype'}")
     arch_set = any(o.strip().startswith("model.arch=") for o in overrides or []) or resume
     if config_file and not arch_set:
         arch_set = "arch" in ((load_yaml(config_file) or {}).get("model") or {})
     if g.arch and not arch_set:
         cfg.model.arch = g.arch  # the width it was searched at, unless asked otherwise
-    if sources:
-        from osnas.data import parse_names
-
-        cfg.data.sources = parse_names(sources)
-    if data_root_arg:
-        cfg.data.root = str(data_root_arg)
-    if not cfg.data.sources:
-        from osnas.data import DEFAULT_SYNTH_SOURCES
-
-        cfg.data.sources = list(DEFAULT_SYNTH_SOURCES)
-    if run_dir is None:
-        run_dir = Path("runs") / f"retrain-{g.name or 'genotype'}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, g, run_dir
 
 
 def run_retrain(genotype=None, sources=None, data_root=None, config_file=None, overrides=None, out=None,
                 pretrained=None, resume=False) -> Path:
     cfg, g, run_dir = resolve_retrain_config(genotype, sources, data_root, config_file, overrides, out, resume)
-    ctx = dist.init(cfg.run.device)
-    ok = False
-    try:
-        out = train(cfg, g, run_dir, pretrained=pretrained, resume=resume, ctx=ctx)
-        ok = True
-        return out
-    finally:
-        dist.shutdown(ctx, clean=ok)
+    with dist.session(cfg.run.device) as ctx:
+        return train(cfg, g, run_dir, pretrained=pretrained, resume=resume, ctx=ctx)
 
 
 def _autocast(device: torch.device, enabled: bool):

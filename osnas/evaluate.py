@@ -177,9 +177,7 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
     for p in paths:  # fail on a bad path before any long work
         if not Path(p).is_file():
             raise OsnasError(f"{p}: checkpoint not found")
-    ctx = dist.init(cfg.run.device)
-    ok = False
-    try:
+    with dist.session(cfg.run.device) as ctx:
         device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
         out_dir = Path(out) if out else (Path(paths[0]).parent / "eval" if len(paths) == 1
                                          else Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -210,10 +208,7 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
             print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'results.md'}")
 
         dist.on_main(write, ctx)  # under DDP a failing write stops every rank with the same error
-        ok = True
         return metrics
-    finally:
-        dist.shutdown(ctx, clean=ok)
 
 
 def data_root_path(root) -> Path:

@@ -69,6 +69,13 @@ def read_torchreid_checkpoint(path: Union[str, Path]) -> dict:
     """Load a checkpoint file safely (weights_only) and return its raw state dict."""
     from osnas.utils import load_checkpoint
 
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 ..)
+        if head[:2] != b"PK" and head[:1] != b"\x80":
+            raise OsnasError(f"{path}: not a PyTorch checkpoint file (neither a zip archive nor a pickle)")
     try:
         import warnings
 
@@ -104,6 +111,9 @@ def extract_state_dict(obj: dict, where: str = "state dict") -> Dict[str, torch.
         sd[k] = v
     if not sd:
         raise OsnasError(f"{where}: empty state dict")
+    if any(".ops." in k for k in sd):
+        raise OsnasError(f"{where}: this is an osnas checkpoint (normalisation sites '.ops.'), not a torchreid one; "
+                         f"load it with osnas.models.deploy.load_model_from_checkpoint or model.load_state_dict")
     if "conv1.conv.weight" not in sd:
         raise OsnasError(f"{where}: not an OSNet checkpoint of torchreid (no conv1.conv.weight; "
                          f"first keys: {', '.join(list(sd)[:4])})")
@@ -276,7 +286,8 @@ def load_torchreid_weights(model, path_or_state_dict, verbose: bool = True, stri
         tolerated = [k for k in missing if ".ops." in k]
         missing = [k for k in missing if ".ops." not in k]
     if missing or unexpected or shape_bad:
-        msg = [f"{where}: torchreid {layout} checkpoint does not fit this model"]
+        msg = [f"{where}: torchreid checkpoint ({'OSNet-AIN' if layout == 'ain' else 'OSNet/OSNet-IBN'} layout) "
+               f"does not fit this model"]
         plan = getattr(model, "plan", None)
         if plan is not None:
             ck_plan = _fill_plan(implied)

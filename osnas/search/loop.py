@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 
 from osnas import distributed as dist
-from osnas.config import Config, build_config, data_root, load_yaml, save_config
+from osnas.config import Config, data_root, load_yaml, resolve_run_config, save_config
 from osnas.errors import NaNLossError, OsnasError
 from osnas.losses import reid_loss
 from osnas.search import relax
@@ -162,29 +162,10 @@ def _truncate_history(run_dir: Path, last_step: int) -> None:
 
 # ----------------------------------------------------------------------------- entry point
 def resolve_search_config(sources, data_root_arg, space, config_file, overrides, out, resume) -> tuple:
-    run_dir = Path(out) if out else None
-    base = None
-    if resume:
-        if run_dir is None:
-            raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
-        if not (run_dir / CHECKPOINT).is_file():
-            raise OsnasError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
-        base = load_yaml(run_dir / "config.yaml", "run config")
-    cfg = build_config(config_file, overrides, base=base)
-    if sources:
-        from osnas.data import parse_names
-
-        cfg.data.sources = parse_names(sources)
+    cfg, run_dir = resolve_run_config(config_file, overrides, out, resume, CHECKPOINT, sources, data_root_arg,
+                                      prefix="search")
     if space:
         cfg.search.space = str(space)
-    if data_root_arg:
-        cfg.data.root = str(data_root_arg)
-    if not cfg.data.sources:
-        from osnas.data import DEFAULT_SYNTH_SOURCES
-
-        cfg.data.sources = list(DEFAULT_SYNTH_SOURCES)
-    if run_dir is None:
-        run_dir = Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, run_dir
 
 
@@ -195,14 +176,8 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
         cfg, run_dir = resolve_search_config(sources, data_root, space, config_file, overrides, out, resume)
     else:
         run_dir = Path(out)
-    ctx = dist.init(cfg.run.device)
-    ok = False
-    try:
-        out = _search(cfg, run_dir, resume, ctx)
-        ok = True
-        return out
-    finally:
-        dist.shutdown(ctx, clean=ok)
+    with dist.session(cfg.run.device) as ctx:
+        return _search(cfg, run_dir, resume, ctx)
 
 
 def validate_search_config(cfg: Config):
