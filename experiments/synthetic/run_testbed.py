@@ -112,7 +112,7 @@ def write_results(a, cfg, gap, per_seed, genotypes, seconds):
     targets = cfg.data.targets
     lines = ["# Synthetic test-bed results", "",
              "Produced by one command (CPU, 2 cores):", "",
-             f"    python experiments/synthetic/run_testbed.py --out {a.out} --seeds {a.seeds}", "",
+             "    " + " ".join(["python", "experiments/synthetic/run_testbed.py", *sys.argv[1:]]), "",
              f"with `{Path(a.config).name}` ({cfg.model.arch}, {cfg.data.height}x{cfg.data.width}, search "
              f"{cfg.search.epochs}x{cfg.search.steps_per_epoch} steps {cfg.search.order}-order {cfg.search.objective}, "
              f"retrain {cfg.train.epochs}x{cfg.train.steps_per_epoch} steps of {cfg.data.batch_size} images). "
@@ -155,8 +155,9 @@ def write_results(a, cfg, gap, per_seed, genotypes, seconds):
     for p in pos_names:
         c = Counter(g.positions[p]["choice"] for g in genotypes.values())
         agree.append(f"{p} {c.most_common(1)[0][1]}/{len(genotypes)}")
-    lines += ["", f"Identical genotype in {n_same} of {len(genotypes)} seeds "
-              f"({len(set(keys))} distinct). Per-position agreement with the modal choice: {', '.join(agree)}.", ""]
+    lines += ["", f"The most frequent genotype was found by {n_same} of {len(genotypes)} seeds "
+              f"({len(set(keys))} distinct genotypes). Per-position agreement with the modal choice: "
+              f"{', '.join(agree)}.", ""]
     Path(a.results).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
