@@ -183,6 +183,9 @@ def main(argv: list | None = None) -> int:
     except KeyboardInterrupt:
         print("osnas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `osnas info ... | head`
+        sys.stderr.close()
+        return 0
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         print(f"osnas: error: {one_line(e)}", file=sys.stderr)
         return 2

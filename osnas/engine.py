@@ -40,17 +40,6 @@ def model_spec(cfg: Config, genotype, num_classes: int) -> dict:
             "feature_dim": cfg.model.feature_dim, "last_stride": cfg.model.last_stride, "num_classes": num_classes}
 
 
-def model_from_spec(spec: dict):
-    from osnas.genotypes import Genotype
-
-    try:
-        g = Genotype(**spec["genotype"])
-        return build_model(g, num_classes=spec["num_classes"], arch=spec["arch"], head=spec["head"],
-                           feature_dim=spec["feature_dim"], last_stride=spec["last_stride"])
-    except (KeyError, TypeError) as e:
-        raise OsnasError(f"checkpoint model description is incomplete ({e})") from None
-
-
 def resolve_retrain_config(genotype, sources, data_root_arg, config_file, overrides, out, resume):
     g = load_genotype(Path(out) / "genotype.yaml") if resume and out else load_genotype(genotype)
     cfg, run_dir = resolve_run_config(config_file, overrides, out, resume, CHECKPOINT, sources, data_root_arg,

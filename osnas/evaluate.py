@@ -25,27 +25,8 @@ import torch
 from osnas import distributed as dist
 from osnas.config import build_config, data_root
 from osnas.errors import OsnasError
-from osnas.utils import Progress, atomic_write_text, load_checkpoint, log, resolve_device, setup_run_logging, write_json
-
-
-def load_retrained(path) -> tuple:
-    """(model in eval mode, checkpoint dict) from a retrain checkpoint."""
-    from osnas.engine import model_from_spec
-
-    ck = load_checkpoint(path, "retrain checkpoint")
-    missing = [k for k in ("model", "genotype", "arch", "head", "num_classes") if k not in ck]
-    if missing:
-        raise OsnasError(f"{path}: not a retrain checkpoint (missing {', '.join(missing)}); "
-                         "search checkpoints go through `osnas derive` and `osnas retrain` first")
-    model = model_from_spec(ck)
-    if not isinstance(ck["model"], dict):
-        raise OsnasError(f"{path}: the checkpoint's 'model' is a {type(ck['model']).__name__}, expected a state dict")
-    try:
-        model.load_state_dict(ck["model"], strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise OsnasError(f"{path}: weights do not fit the described architecture ({'; '.join(lines[1:3])[:300]})") from None
-    return model.eval(), ck
+from osnas.models.deploy import load_model_from_checkpoint
+from osnas.utils import Progress, atomic_write_text, log, resolve_device, setup_run_logging, write_json
 
 
 @torch.inference_mode()
@@ -181,7 +162,7 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
         device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
         out_dir = Path(out) if out else (Path(paths[0]).parent / "eval" if len(paths) == 1
                                          else Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
-        loaded = [load_retrained(p) for p in paths]  # bad checkpoints fail before the output folder is touched
+        loaded = [load_model_from_checkpoint(p) for p in paths]  # bad checkpoints fail before the output folder is touched
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             setup_run_logging(out_dir)

@@ -52,10 +52,11 @@ def build_supernet(space, arch: str = "osnet_x1_0", num_classes: int = 0, **kw):
     return Supernet(space, arch=arch, num_classes=num_classes, **kw)
 
 
-def load_torchreid_weights(model, path_or_state_dict, verbose: bool = True):
+def load_torchreid_weights(model, path_or_state_dict, verbose: bool = True, strict: bool = True):
+    """Published torchreid weights onto an osnas model (see osnas.models.torchreid_import)."""
     from osnas.models.torchreid_import import load_torchreid_weights as _load
 
-    return _load(model, path_or_state_dict, verbose=verbose)
+    return _load(model, path_or_state_dict, verbose=verbose, strict=strict)
 
 
 __all__ = ["build_model", "build_supernet", "load_torchreid_weights", "OSNet", "MODEL_NAMES", "WIDTHS"]

@@ -9,9 +9,11 @@ with `bf16=True`, in bfloat16 (weights and activations; the embedding is returne
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -359,16 +361,13 @@ class DeployedModel(nn.Module):
         return y.clone() if torch.is_inference(y) and not torch.is_inference_mode_enabled() else y
 
 
+@contextlib.contextmanager
 def _quiet():
-    import warnings
-
-    w = warnings.catch_warnings()
-    w.__enter__()
-    warnings.simplefilter("ignore", FutureWarning)
-    warnings.simplefilter("ignore", UserWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", torch.jit.TracerWarning)
-    return w
+    """Silence TorchScript's deprecation and tracer warnings (expected here, not actionable)."""
+    with warnings.catch_warnings():
+        for cat in (FutureWarning, UserWarning, DeprecationWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", cat)
+        yield
 
 
 def optimize_for_inference(model, channels_last: bool = True, bf16: bool = False, backend: str = "jit",
@@ -396,6 +395,9 @@ def optimize_for_inference(model, channels_last: bool = True, bf16: bool = False
         for m in net.modules():  # conv weights to bf16; the (tiny) gate and head FCs, IN and BNNeck stay fp32
             if isinstance(m, nn.Conv2d):
                 m.to(torch.bfloat16)
+    p0 = next(model.parameters(), None)
+    device = p0.device if p0 is not None else torch.device("cpu")
+    net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     for p in net.parameters():
@@ -404,9 +406,8 @@ def optimize_for_inference(model, channels_last: bool = True, bf16: bool = False
     runner = net
     if backend in ("jit", "jit_mkldnn"):
         h, w = example_size
-        ex = torch.randn(2, 3, int(h), int(w))
-        w_ctx = _quiet()
-        try:
+        ex = torch.randn(2, 3, int(h), int(w), device=device)
+        with _quiet():
             with torch.inference_mode(False), torch.no_grad():
                 runner = torch.jit.freeze(torch.jit.trace(net, ex, check_trace=False).eval())
                 if backend == "jit_mkldnn":
@@ -414,8 +415,6 @@ def optimize_for_inference(model, channels_last: bool = True, bf16: bool = False
             with torch.inference_mode():
                 for _ in range(2):  # the profiling executor optimises the graph on the first runs
                     runner(ex)
-        finally:
-            w_ctx.__exit__(None, None, None)
     elif backend == "inductor":
         runner = torch.compile(net, dynamic=False)
     return DeployedModel(net, runner, backend, bf16, channels_last)
@@ -439,14 +438,10 @@ def export_torchscript(model, path: Union[str, Path], height: int = 256, width: 
 
     net = _export_net(model)
     ex = torch.randn(2, 3, height, width)
-    w_ctx = _quiet()
-    try:
-        with torch.no_grad():
-            ts = torch.jit.freeze(torch.jit.trace(net, ex, check_trace=False).eval())
-            buf = io.BytesIO()
-            torch.jit.save(ts, buf)
-    finally:
-        w_ctx.__exit__(None, None, None)
+    with _quiet(), torch.no_grad():
+        ts = torch.jit.freeze(torch.jit.trace(net, ex, check_trace=False).eval())
+        buf = io.BytesIO()
+        torch.jit.save(ts, buf)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -455,13 +450,14 @@ def export_torchscript(model, path: Union[str, Path], height: int = 256, width: 
 ONNX_OPSET = 18
 
 
-def export_onnx(model, path: Union[str, Path], height: int = 256, width: int = 128,
-                opset: int = ONNX_OPSET) -> Path:
+def export_onnx(model, path: Union[str, Path], height: int = 256, width: int = 128, opset: int = ONNX_OPSET,
+                exporters: Sequence[str] = ("torchscript", "dynamo")) -> Path:
     """Export the BN-folded fp32 network to ONNX: input `images` (B, 3, height, width), output
     `embedding` (B, D); dynamic batch; IN as InstanceNormalization.
 
-    Uses torch.onnx.export's TorchScript-based exporter when this torch still has it (it
-    emits InstanceNormalization directly), else the dynamo exporter.
+    Tries torch.onnx.export's TorchScript-based exporter first (it emits
+    InstanceNormalization directly; still present in torch 2.15, deprecated), then the
+    dynamo exporter (needs onnxscript).
     """
     from osnas.utils import atomic_write_bytes
 
@@ -469,30 +465,28 @@ def export_onnx(model, path: Union[str, Path], height: int = 256, width: int = 1
     path = Path(path)
     ex = torch.randn(2, 3, height, width)
     tmp = path.with_name(f".{path.name}.tmp-export")
-    w_ctx = _quiet()
     errors = []
     try:
-        for dynamo in (False, True):
-            try:
-                with torch.no_grad():
-                    kw = dict(input_names=["images"], output_names=["embedding"], opset_version=opset)
-                    if dynamo:
-                        from torch.export import Dim
+        for exporter in exporters:
+            kw = dict(input_names=["images"], output_names=["embedding"], opset_version=opset)
+            if exporter == "dynamo":
+                from torch.export import Dim
 
-                        kw.update(dynamo=True, dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}},
-                                  external_data=False)
-                    else:
-                        kw.update(dynamo=False, dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}})
+                kw.update(dynamo=True, dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}},
+                          external_data=False)
+            else:
+                kw.update(dynamo=False, dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}})
+            try:
+                with _quiet(), torch.no_grad():
                     torch.onnx.export(net, (ex,), str(tmp), **kw)
                 break
-            except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail
-                errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(e).strip().splitlines()[0][:200]}"
-                              if str(e).strip() else type(e).__name__)
+            except Exception as e:  # noqa: BLE001 - try the next exporter; report all if all fail
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                errors.append(f"{exporter} exporter: {first}")
         else:
             raise OsnasError(f"{path}: ONNX export failed ({'; '.join(errors)})")
         data = tmp.read_bytes()
     finally:
-        w_ctx.__exit__(None, None, None)
         if tmp.exists():
             tmp.unlink()
     atomic_write_bytes(path, data)
@@ -521,10 +515,10 @@ def load_model_from_checkpoint(path: Union[str, Path]):
     ck = load_checkpoint(path, "osnas checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ck]
     if missing:
-        hint = (" (it looks like a torchreid checkpoint: use --model NAME --weights FILE)"
+        hint = ("; it looks like a torchreid checkpoint: use --model NAME --weights FILE"
                 if "state_dict" in ck or "conv1.conv.weight" in ck else
                 "; search checkpoints go through `osnas derive` and `osnas retrain` first")
-        raise OsnasError(f"{path}: not an osnas retrain checkpoint: missing {', '.join(missing)}{hint}")
+        raise OsnasError(f"{path}: not a retrain checkpoint (missing {', '.join(missing)}){hint}")
     g = ck["genotype"]
     try:
         if isinstance(g, str):
@@ -546,7 +540,7 @@ def load_model_from_checkpoint(path: Union[str, Path]):
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise OsnasError(f"{path}: weights do not fit the described network ({'; '.join(lines[1:3])[:300]})") from None
+        raise OsnasError(f"{path}: weights do not fit the described architecture ({'; '.join(lines[1:3])[:300]})") from None
     return model.eval(), ck
 
 
