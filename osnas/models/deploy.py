@@ -512,7 +512,7 @@ def load_model_from_checkpoint(path: Union[str, Path]):
     from osnas.models import build_model
     from osnas.utils import load_checkpoint
 
-    ck = load_checkpoint(path, "osnas checkpoint")
+    ck = load_checkpoint(path, "retrain checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ck]
     if missing:
         hint = ("; it looks like a torchreid checkpoint: use --model NAME --weights FILE"
