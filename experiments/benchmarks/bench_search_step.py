@@ -44,6 +44,8 @@ def main():
 
     models = {
         "plain OSNet": build_model(a.arch, num_classes=classes),
+        # same fixed stem IN as the space, and IN in four blocks: what IN itself costs
+        "OSNet-AIN (derived net)": build_model(a.arch.replace("osnet_", "osnet_ain_"), num_classes=classes),
         "supernet (shared)": build_supernet("osnet_ain_blocks", arch=a.arch, num_classes=classes),
         "supernet (non-shared, reference)": build_supernet("osnet_ain_blocks", arch=a.arch, num_classes=classes,
                                                            shared=False),
@@ -51,7 +53,7 @@ def main():
     steps = {}
     for name, m in models.items():
         m.train()
-        opt = torch.optim.SGD(m.parameters() if name == "plain OSNet" else m.weight_parameters(), lr=0.01,
+        opt = torch.optim.SGD(m.weight_parameters() if hasattr(m, "arch_parameters") else m.parameters(), lr=0.01,
                               momentum=0.9)
 
         def wstep(m=m, opt=opt):
