@@ -204,3 +204,28 @@ def test_derive_detects_changed_space(root, tmp_path):
     (run / "space.yaml").write_text(text.replace("{block: conv4.1, candidates: *block4}", ""))
     with pytest.raises(OsnasError):
         derive_from_run(run)
+
+
+def test_derive_from_hand_set_alphas(root, tmp_path):
+    """Alphas written by hand into a search checkpoint give exactly the expected genotype file."""
+    run = _search(root, tmp_path / "s")
+    ck = torch.load(run / "checkpoint.pth", weights_only=True)
+    # positions conv2.0..conv4.1, candidates plain/in_res/in_post/both: make OSNet-AIN the argmax
+    want = ["in_res", "in_res", "plain", "in_res", "in_res", "plain"]
+    names = ["plain", "in_res", "in_post", "both"]
+    for i, c in enumerate(want):
+        a = torch.zeros(4)
+        a[names.index(c)] = 2.0
+        ck["model"][f"alphas.{i}"] = a
+    torch.save(ck, run / "checkpoint.pth")
+    g = load_genotype(run_derive(run, out=tmp_path / "g.json"))
+    assert g.plan == load_genotype("osnet_ain").plan
+    p = g.positions["conv2.0"]["probs"]
+    assert p["in_res"] == pytest.approx(torch.softmax(torch.tensor([0.0, 2.0, 0.0, 0.0]), 0)[1].item(), abs=1e-6)
+    assert g.positions["conv2.0"]["entropy"] > 0 and g.step == 6 and g.seed == 1
+    with open(tmp_path / "g.json") as f:  # JSON when asked for .json
+        assert json.load(f)["space"] == "osnet_ain_blocks"
+    ck["model"]["alphas.0"] = torch.zeros(3)  # alphas that do not fit the space's 4 candidates
+    torch.save(ck, run / "checkpoint.pth")
+    with pytest.raises(OsnasError, match="do not fit"):
+        derive_from_run(run)
