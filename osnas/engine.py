@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +19,11 @@ import torch
 
 from osnas import distributed as dist
 from osnas.config import Config, data_root, load_yaml, resolve_run_config, save_config
-from osnas.errors import NaNLossError, OsnasError
+from osnas.errors import OsnasError
 from osnas.genotypes import load_genotype
 from osnas.losses import CenterLoss, reid_loss
 from osnas.models import build_model
-from osnas.training import (SeededDataset, batch_loader, build_optimizer, check_finite, derive_seed, graceful_stop,
+from osnas.training import (SeededDataset, batch_loader, build_optimizer, derive_seed, graceful_stop, guard_step,
                             lr_factor, set_lr)
 from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
                          remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -174,13 +173,7 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
                     logits, feats = wrapped(x)
                     loss, parts = reid_loss(logits.float(), feats.float(), pids, t.label_smooth, t.id_weight,
                                             t.triplet_weight, t.margin, center, t.center_weight)
-                if ctx.distributed:  # all ranks agree on NaN and on stopping, before DDP's backward
-                    _, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
-                    if bad:
-                        raise NaNLossError(f"non-finite loss at retrain epoch {epoch} step {step_in_epoch} on some "
-                                           "rank; stopped, the last good checkpoint is kept")
-                else:
-                    check_finite(loss, f"retrain epoch {epoch} step {step_in_epoch}")
+                _, stop_now = guard_step(loss, stop, ctx, f"retrain epoch {epoch} step {step_in_epoch}")
                 opt.zero_grad(set_to_none=True)
                 if c_opt is not None:
                     c_opt.zero_grad(set_to_none=True)
@@ -215,7 +208,7 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
                 n_seen += len(pids)
                 correct += int((logits.argmax(1) == pids).sum())
                 progress.update(1, epoch=epoch, loss=float(loss.detach()))
-                if (stop_now if ctx.distributed else stop):
+                if stop_now:
                     save(epoch, step_in_epoch)
                     from osnas.search.loop import OsnasInterrupted
 

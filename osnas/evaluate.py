@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def extract_features(model, items: Sequence[tuple], transform, batch_size: int =
                      device: torch.device = torch.device("cpu"), flip: bool = False, desc: str = "features",
                      ctx=None) -> torch.Tensor:
     """Embeddings (N, D) float32 of items, in order. Under DDP each rank embeds a shard, then all-gather."""
-    from osnas.data import ImageDataset, make_test_loader
+    from osnas.data import make_test_loader
 
     ctx = ctx or dist.DistContext()
     n = len(items)

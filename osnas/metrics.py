@@ -325,6 +325,18 @@ def _sgs_args(single_gallery_shot, repeats, seed) -> int:
 
 
 # ============================================================================ public API
+def _evaluator(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, max_rank, single_gallery_shot,
+               repeats, seed):
+    """Checked labels -> (_Evaluator, max_rank clipped to the gallery size)."""
+    qp = _labels(q_pids, "q_pids", num_q)
+    gp = _labels(g_pids, "g_pids", num_g)
+    qc = _labels(q_camids, "q_camids", num_q)
+    gc = _labels(g_camids, "g_camids", num_g)
+    max_rank = _clip_max_rank(_check_max_rank(max_rank), num_g)
+    reps = _sgs_args(single_gallery_shot, repeats, seed)
+    return _Evaluator(qp, gp, qc, gc, sgs_repeats=reps, seed=int(seed)), max_rank
+
+
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                   single_gallery_shot: bool = False, repeats: int = 10, seed: int = 0) -> dict:
     """CMC, mAP and mINP from a (num_query, num_gallery) distance matrix.
@@ -342,13 +354,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     num_q, num_g = D.shape
     if num_q == 0 or num_g == 0:
         raise OsnasError(f"distmat: empty matrix of shape {tuple(D.shape)}")
-    qp = _labels(q_pids, "q_pids", num_q)
-    gp = _labels(g_pids, "g_pids", num_g)
-    qc = _labels(q_camids, "q_camids", num_q)
-    gc = _labels(g_camids, "g_camids", num_g)
-    max_rank = _clip_max_rank(_check_max_rank(max_rank), num_g)
-    reps = _sgs_args(single_gallery_shot, repeats, seed)
-    ev = _Evaluator(qp, gp, qc, gc, sgs_repeats=reps, seed=int(seed))
+    ev, max_rank = _evaluator(q_pids, g_pids, q_camids, g_camids, num_q, num_g, max_rank, single_gallery_shot,
+                              repeats, seed)
     nw = _num_workers()
     if nw > 1 and num_q * num_g > _BLOCK_ELEMS:
         with ThreadPoolExecutor(nw) as pool:
@@ -456,13 +463,8 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
     qf, gf = _features(qf, "qf"), _features(gf, "gf")
     _check_pair(qf, gf)
     num_q, num_g = qf.shape[0], gf.shape[0]
-    qp = _labels(q_pids, "q_pids", num_q)
-    gp = _labels(g_pids, "g_pids", num_g)
-    qc = _labels(q_camids, "q_camids", num_q)
-    gc = _labels(g_camids, "g_camids", num_g)
-    max_rank = _clip_max_rank(_check_max_rank(max_rank), num_g)
-    reps = _sgs_args(single_gallery_shot, repeats, seed)
-    ev = _Evaluator(qp, gp, qc, gc, sgs_repeats=reps, seed=int(seed))
+    ev, max_rank = _evaluator(q_pids, g_pids, q_camids, g_camids, num_q, num_g, max_rank, single_gallery_shot,
+                              repeats, seed)
     rows = _DistanceRows(qf, gf, metric)
     nw = _num_workers()
     pool = ThreadPoolExecutor(nw) if nw > 1 else None

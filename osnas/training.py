@@ -154,6 +154,23 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: List[float], factor: floa
         g["lr"] = lr * factor
 
 
+def guard_step(loss: torch.Tensor, stop, ctx, where: str) -> Tuple[float, bool]:
+    """Before backward: (loss value, stop now?). Raises NaNLossError on a non-finite loss.
+
+    Under DDP all ranks agree (one small all-reduce): the value is the mean over ranks, a NaN
+    on any rank stops every rank, and a stop request on any rank stops all at this step.
+    """
+    if ctx is not None and ctx.distributed:
+        from osnas import distributed as dist
+
+        value, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
+        if bad:
+            raise NaNLossError(f"non-finite loss at {where} on some rank; stopped, the last good checkpoint is kept")
+        return value, stop_now
+    check_finite(loss, where)
+    return float(loss.detach()), bool(stop)
+
+
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
         raise NaNLossError(f"non-finite loss ({float(loss.detach())}) at {where}; stopped, the last good checkpoint is kept")

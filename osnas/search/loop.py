@@ -15,20 +15,19 @@ entropy, losses), checkpoint.pth (weights, alphas, optimisers, streams, RNG), lo
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
 from osnas import distributed as dist
-from osnas.config import Config, data_root, load_yaml, resolve_run_config, save_config
-from osnas.errors import NaNLossError, OsnasError
+from osnas.config import Config, data_root, resolve_run_config, save_config
+from osnas.errors import OsnasError
 from osnas.losses import reid_loss
 from osnas.search import relax
 from osnas.search.architect import Architect
 from osnas.search.supernet import Supernet
-from osnas.training import (BatchStream, SeededDataset, batch_loader, build_optimizer, check_finite,
+from osnas.training import (BatchStream, SeededDataset, batch_loader, build_optimizer, guard_step,
                             concat_keys, derive_seed, graceful_stop, lr_factor, set_lr)
 from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
                          remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -282,14 +281,7 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                     w_opt.zero_grad(set_to_none=True)
                     a_opt.zero_grad(set_to_none=True)
                     loss = loss_w_fn(wrapped, wb)
-                    if ctx.distributed:  # all ranks agree on NaN and on stopping, before DDP's backward
-                        loss_w, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
-                        if bad:
-                            raise NaNLossError(f"non-finite loss at search step {global_step} on some rank; stopped, "
-                                               "the last good checkpoint is kept")
-                    else:
-                        check_finite(loss, f"search step {global_step}")
-                        loss_w = float(loss.detach())
+                    loss_w, stop_now = guard_step(loss, stop, ctx, f"search step {global_step}")
                     loss.backward()
                     if s.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.weight_parameters(), s.grad_clip)
@@ -309,7 +301,7 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                         log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
                                  + (f" loss_a {loss_a:.4f}" if loss_a is not None else "") + " | "
                                  + " ".join(f"{p.name}:{model.choices()[p.name]}" for p in model.positions))
-                    if (stop_now if ctx.distributed else stop):
+                    if stop_now:
                         save(epoch, step_in_epoch, global_step)
                         del it, loader
                         raise OsnasInterrupted(f"interrupted: checkpoint saved at step {global_step} in {run_dir}; "
