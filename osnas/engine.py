@@ -34,9 +34,11 @@ TRAIN_LOG = "train_log.jsonl"
 
 
 def model_spec(cfg: Config, genotype, num_classes: int) -> dict:
-    """What a checkpoint needs to rebuild its network (read by load_model_from_checkpoint)."""
+    """What a checkpoint needs to rebuild its network (read by load_model_from_checkpoint), and
+    the input size and normalisation it was trained with (eval-crossdomain's defaults)."""
     return {"genotype": genotype.to_dict(), "arch": cfg.model.arch, "head": cfg.model.head,
-            "feature_dim": cfg.model.feature_dim, "last_stride": cfg.model.last_stride, "num_classes": num_classes}
+            "feature_dim": cfg.model.feature_dim, "last_stride": cfg.model.last_stride, "num_classes": num_classes,
+            "input_size": [cfg.data.height, cfg.data.width], "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
 
 
 def resolve_retrain_config(genotype, sources, data_root_arg, config_file, overrides, out, resume):

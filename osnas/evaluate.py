@@ -169,11 +169,13 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
         labels = _labels(paths, [ck for _, ck in loaded])
         metrics = {"metric": cfg.eval.metric, "rerank": cfg.eval.rerank, "targets": tlist, "models": {}}
         for label, p, (model, ck) in zip(labels, paths, loaded):
+            mcfg = _model_eval_config(cfg, ck, overrides or [])
             model.to(device)
             entry = {"checkpoint": p, "genotype": (ck.get("genotype") or {}).get("name", ""), "arch": ck.get("arch"),
-                     "sources": ck.get("sources", []), "in_sites": model.in_sites(), "targets": {}}
+                     "sources": ck.get("sources", []), "in_sites": model.in_sites(),
+                     "input_size": [mcfg.data.height, mcfg.data.width], "targets": {}}
             for t in tlist:
-                r = evaluate_target(model, t, data_root_path(root), cfg, device, ctx)
+                r = evaluate_target(model, t, data_root_path(root), mcfg, device, ctx)
                 entry["targets"][t] = r
                 if ctx.is_main:
                     log.info(f"{label} -> {t}: R1 {100 * r['rank1']:.1f} R5 {100 * r['rank5']:.1f} "
@@ -190,6 +192,25 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
 
         dist.on_main(write, ctx)  # under DDP a failing write stops every rank with the same error
         return metrics
+
+
+def _model_eval_config(cfg, ck: dict, overrides: list):
+    """Evaluate at the input size and normalisation the checkpoint was trained with, unless
+    --set data.height/width/mean/std says otherwise."""
+    import copy
+
+    mcfg = copy.deepcopy(cfg)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if "input_size" in ck:
+        h, w = ck["input_size"]
+        if "data.height" not in given:
+            mcfg.data.height = int(h)
+        if "data.width" not in given:
+            mcfg.data.width = int(w)
+    for key in ("mean", "std"):
+        if key in ck and f"data.{key}" not in given:
+            setattr(mcfg.data, key, list(ck[key]))
+    return mcfg
 
 
 def data_root_path(root) -> Path:

@@ -119,11 +119,13 @@ def test_derive_retrain_eval_end_to_end(root, tmp_path):
     base = run_retrain(genotype="osnet", data_root=str(root), out=str(tmp_path / "base"), overrides=RETRAIN)
     rows = [json.loads(x) for x in (rt / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(r["id"] > 0 and r["triplet"] >= 0 for r in rows)
+    # no size given: each model is evaluated at the input size it was trained with (64x32)
     m = run_eval_crossdomain([str(rt / "checkpoint.pth"), str(base / "checkpoint.pth")], "synth3",
-                             data_root=str(root), out=str(tmp_path / "ev"), overrides=["data.height=64", "data.width=32"])
+                             data_root=str(root), out=str(tmp_path / "ev"))
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["models"].keys() == m["models"].keys() and len(m["models"]) == 2
     for entry in saved["models"].values():
+        assert entry["input_size"] == [64, 32]
         r = entry["targets"]["synth3"]
         assert 0 <= r["mAP"] <= 1 and 0 <= r["rank1"] <= r["rank5"] <= r["rank10"] <= 1
         assert len(r["cmc"]) >= 10 and r["num_query"] > 0 and len(r["examples"]) > 0
