@@ -231,3 +231,17 @@ def test_derive_from_hand_set_alphas(root, tmp_path):
     torch.save(ck, run / "checkpoint.pth")
     with pytest.raises(OsnasError, match="do not fit"):
         derive_from_run(run)
+
+
+def test_demo_quick_runs_every_stage(root, tmp_path, capsys):
+    from osnas.demo import run_demo
+
+    metrics = run_demo(out=str(tmp_path / "demo"), data_root_arg=str(root), quick=True)
+    assert set(metrics["models"]) == {"searched", "osnet"}
+    d = tmp_path / "demo"
+    for f in ("search/alphas.jsonl", "search/genotype.yaml", "retrain-searched/checkpoint.pth",
+              "retrain-osnet/checkpoint.pth", "eval/metrics.json", "eval/results.md", "plots/alpha_heatmap.png",
+              "plots/results.png"):
+        assert (d / f).is_file() and (d / f).stat().st_size > 0, f
+    out = capsys.readouterr().out
+    assert "| searched |" in out and "plots:" in out
