@@ -23,11 +23,10 @@ from osnas.errors import OsnasError
 from osnas.genotypes import load_genotype
 from osnas.losses import CenterLoss, reid_loss
 from osnas.models import build_model
-from osnas.training import (SeededDataset, batch_loader, build_optimizer, derive_seed, graceful_stop, guard_step,
+from osnas.training import (SeededDataset, batch_loader, build_optimizer, derive_seed, graceful_stop, guard_step, start_run,
                             lr_factor, set_lr)
 from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
-                         remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
-                         set_rng_state, setup_run_logging, write_json)
+                         remove_stale_temps, rng_state, save_checkpoint, seed_everything, set_rng_state, write_json)
 
 CHECKPOINT = "checkpoint.pth"
 TRAIN_LOG = "train_log.jsonl"
@@ -80,12 +79,7 @@ def train(cfg: Config, genotype, run_dir: Path, pretrained: Optional[str] = None
     ck = _load_resumable(run_dir / CHECKPOINT, center=t.center_weight > 0) if resume else None
     seed = cfg.run.seed
     seed_everything(seed)
-    device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        setup_run_logging(run_dir)
-    else:
-        setup_run_logging(None, verbose=False)
+    device = start_run(run_dir, ctx, cfg.run.device)
     union = build_multisource(d.sources, data_root(d.root), skip_unparsable=d.skip_unparsable,
                               combine_all=d.combine_all)
     sampler = build_train_sampler(d.sampler, union.train, d.batch_size, d.num_instances, seed=seed, rank=ctx.rank,

@@ -219,5 +219,20 @@ def graceful_stop():
             signal.signal(s, h)
 
 
+def start_run(run_dir, ctx, device_name: str = "auto") -> torch.device:
+    """This process's device; on rank 0 the run folder and its log.txt (other ranks log nothing)."""
+    from pathlib import Path
+
+    from osnas.utils import resolve_device, setup_run_logging
+
+    device = ctx.device if ctx.distributed else resolve_device(device_name)
+    if ctx.is_main:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        setup_run_logging(run_dir)
+    else:
+        setup_run_logging(None, verbose=False)
+    return device
+
+
 def state_dict_cpu(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}

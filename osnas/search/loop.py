@@ -28,10 +28,9 @@ from osnas.search import relax
 from osnas.search.architect import Architect
 from osnas.search.supernet import Supernet
 from osnas.training import (BatchStream, SeededDataset, batch_loader, build_optimizer, guard_step,
-                            concat_keys, derive_seed, graceful_stop, lr_factor, set_lr)
+                            concat_keys, derive_seed, graceful_stop, lr_factor, set_lr, start_run)
 from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append,
-                         remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
-                         set_rng_state, setup_run_logging, write_json)
+                         remove_stale_temps, rng_state, save_checkpoint, seed_everything, set_rng_state, write_json)
 
 CHECKPOINT = "checkpoint.pth"
 HISTORY = "alphas.jsonl"
@@ -205,12 +204,7 @@ def _search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     # a broken checkpoint fails before any data is read and before the run folder is touched
     ck = _load_resumable(run_dir / CHECKPOINT, space.sha256, cfg.model.arch, s.shared) if resume else None
     seed_everything(s_seed := cfg.run.seed)
-    device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        setup_run_logging(run_dir)
-    else:
-        setup_run_logging(None, verbose=False)
+    device = start_run(run_dir, ctx, cfg.run.device)
     data = SearchData(cfg, data_root(d.root), s_seed, ctx.rank, ctx.world_size)
     model = Supernet(s.space, arch=cfg.model.arch, num_classes=data.num_classes, head=cfg.model.head,
                      feature_dim=cfg.model.feature_dim, last_stride=cfg.model.last_stride, shared=s.shared,
