@@ -104,16 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 def dispatch(args: argparse.Namespace) -> int:
     cmd = args.cmd
     if cmd == "search":
-        from osnas.search.loop import run_search
+        from osnas.search import run_search
 
         run_search(sources=args.sources, data_root=args.data_root, space=args.space, config_file=args.config,
                    overrides=args.overrides, out=args.out, resume=args.resume)
     elif cmd == "derive":
-        from osnas.genotypes import run_derive
+        from osnas.derive import run_derive
 
         run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint)
     elif cmd == "retrain":
-        from osnas.engine import run_retrain
+        from osnas.retrain import run_retrain
 
         run_retrain(genotype=args.genotype, sources=args.sources, data_root=args.data_root,
                     config_file=args.config, overrides=args.overrides, out=args.out,

@@ -9,7 +9,6 @@ re-run from its folder alone.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Any
 import yaml
 
 from osnas.errors import OsnasError
+from osnas.rundir import CONFIG
+from osnas.utils import atomic_write_text, load_yaml
 
 
 @dataclass
@@ -33,7 +34,7 @@ class DataConfig:
     sampler: str = "domain_pk"  # random | pk | domain_pk
     workers: int = 2
     skip_unparsable: bool = False  # count and skip file names that do not parse, instead of failing
-    combine_all: bool = False  # train on train+query+gallery (the reference search on MSMT17 did)
+    combine_all: bool = False  # train on train+query+gallery (+ MSMT17's list_val), as the reference search on MSMT17
     # transforms
     flip: bool = True
     pad_crop: bool = False
@@ -43,7 +44,7 @@ class DataConfig:
     contrast: float = 0.15
     saturation: float = 0.0
     hue: float = 0.0
-    random_erasing: bool = False  # hurts cross-domain (REFERENCE 2); strong baseline uses p=0.5
+    random_erasing: bool = False  # hurts cross-domain (Zhou et al., TPAMI 2021); strong baseline uses p=0.5
     erasing_prob: float = 0.5
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -121,6 +122,7 @@ class EvalConfig:
     max_rank: int = 50
     chunk_size: int = 2048  # queries per chunk: bounds memory on large galleries
     flip_test: bool = False
+    split: int = -1  # targets with several splits (VIPeR, GRID, PRID, iLIDS, CUHK01): -1 = all, K = only K
 
 
 @dataclass
@@ -225,20 +227,6 @@ def parse_override(s: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise OsnasError(f"{path}: {what} not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise OsnasError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e})") from None
-    except UnicodeDecodeError:
-        raise OsnasError(f"{path}: not a text file, expected {what}") from None
-
-
 def build_config(config_file: str | None = None, overrides: list | None = None, base: dict | None = None) -> Config:
     """Defaults <- base dict (e.g. a run's saved config) <- config file <- --set overrides."""
     cfg = Config()
@@ -253,44 +241,6 @@ def build_config(config_file: str | None = None, overrides: list | None = None, 
 
 
 def save_config(cfg: Config, run_dir: str | Path) -> Path:
-    from osnas.utils import atomic_write_text
-
-    p = Path(run_dir) / "config.yaml"
+    p = Path(run_dir) / CONFIG
     atomic_write_text(p, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return p
-
-
-def data_root(cfg_root: str = "") -> Path:
-    """--data-root, else $OSNAS_DATA, else ./data."""
-    return Path(cfg_root or os.environ.get("OSNAS_DATA") or "data")
-
-
-def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool = False,
-                       checkpoint: str = "checkpoint.pth", sources=None, data_root_arg=None,
-                       prefix: str = "run") -> tuple:
-    """(cfg, run_dir) for a training stage: defaults <- the run's saved config (--resume) <-
-    config file <- --set; then --sources / --data-root; no sources = the built-in domains."""
-    import time
-
-    run_dir = Path(out) if out else None
-    base = None
-    if resume:
-        if run_dir is None:
-            raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
-        if not (run_dir / checkpoint).is_file():
-            raise OsnasError(f"{run_dir / checkpoint}: no checkpoint to resume from")
-        base = load_yaml(run_dir / "config.yaml", "run config")
-    cfg = build_config(config_file, overrides, base=base)
-    if sources:
-        from osnas.data import parse_names
-
-        cfg.data.sources = parse_names(sources)
-    if data_root_arg:
-        cfg.data.root = str(data_root_arg)
-    if not cfg.data.sources:
-        from osnas.data import DEFAULT_SYNTH_SOURCES
-
-        cfg.data.sources = list(DEFAULT_SYNTH_SOURCES)
-    if run_dir is None:
-        run_dir = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return cfg, run_dir

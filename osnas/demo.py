@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from osnas.config import build_config, data_root, load_yaml
+from osnas.config import build_config
+from osnas.data import data_root
+from osnas.utils import load_yaml
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -22,11 +24,12 @@ def _stage(i: int, n: int, text: str) -> None:
 
 def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bool = False, **kw) -> dict:
     from osnas.data.synth import ensure_synth
-    from osnas.engine import resolve_retrain_config, train
+    from osnas.retrain import resolve_retrain_config, train
     from osnas.evaluate import run_eval_crossdomain
-    from osnas.genotypes import load_genotype, run_derive
+    from osnas.derive import run_derive
+    from osnas.models.genotype import load_genotype
     from osnas.plot import run_plot
-    from osnas.search.loop import run_search
+    from osnas.search import run_search
 
     data_root_arg = data_root_arg or kw.get("data_root")
     t0 = time.time()

@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from osnas import distributed as dist
-from osnas.config import build_config, data_root
+from osnas.config import build_config
+from osnas.data import data_root
 from osnas.errors import OsnasError
-from osnas.models.deploy import load_model_from_checkpoint
+from osnas.models.checkpoint import load_model_from_checkpoint
+from osnas.rundir import EVAL_DIR, METRICS, RESULTS_MD
 from osnas.utils import Progress, atomic_write_text, log, resolve_device, setup_run_logging, write_json
 
 
@@ -56,17 +58,46 @@ def extract_features(model, items: Sequence[tuple], transform, batch_size: int =
     return out
 
 
+SUMMARY_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
 def evaluate_target(model, target: str, root: Path, cfg, device, ctx=None) -> dict:
-    from osnas.data import build_dataset, transforms_from_config
+    """Metrics of `model` on `target`. Datasets with several evaluation splits (VIPeR, GRID,
+    PRID, iLIDS, CUHK01, classic CUHK03) are evaluated on every split, or on `eval.split`
+    alone; the result is then the mean over the splits, with `std` and each split's numbers
+    in `splits`, as the small-set protocols report (mean of 10 or 20 results)."""
+    from osnas.data import build_dataset, evaluation_splits
+
+    skip = cfg.data.skip_unparsable
+    ks = evaluation_splits(target, root, split=cfg.eval.split, skip_unparsable=skip)
+    per = []
+    for k in ks:
+        ds = build_dataset(target, root, skip_unparsable=skip, split=k)
+        name = target if len(ks) == 1 else f"{target} split {k}"
+        per.append(evaluate_split(model, ds, name, cfg, device, ctx))
+        per[-1]["split"] = k
+    if len(per) == 1:
+        return per[0]
+    mean = {key: float(np.mean([r[key] for r in per])) for key in SUMMARY_KEYS}
+    cmc_len = min(len(r["cmc"]) for r in per)
+    return {**mean, "std": {key: float(np.std([r[key] for r in per])) for key in SUMMARY_KEYS},
+            "cmc": [float(v) for v in np.mean([r["cmc"][:cmc_len] for r in per], axis=0)],
+            "num_splits": len(per), "num_query": per[0]["num_query"], "num_gallery": per[0]["num_gallery"],
+            "num_valid": per[0]["num_valid"], "examples": per[0]["examples"],
+            "splits": [{k: v for k, v in r.items() if k != "examples"} for r in per]}
+
+
+def evaluate_split(model, ds, name: str, cfg, device, ctx=None) -> dict:
+    """Metrics of `model` on one evaluation split (`ds.query` against `ds.gallery`)."""
+    from osnas.data import transforms_from_config
     from osnas.metrics import evaluate_features, evaluate_rank
 
-    ds = build_dataset(target, root, skip_unparsable=cfg.data.skip_unparsable)
     tf = transforms_from_config(cfg.data, train=False)
     e = cfg.eval
     qf = extract_features(model, ds.query, tf, e.batch_size, cfg.data.workers, device, e.flip_test,
-                          f"{target} query", ctx)
+                          f"{name} query", ctx)
     gf = extract_features(model, ds.gallery, tf, e.batch_size, cfg.data.workers, device, e.flip_test,
-                          f"{target} gallery", ctx)
+                          f"{name} gallery", ctx)
     q_pids = np.array([it[1] for it in ds.query])
     q_cams = np.array([it[2] for it in ds.query])
     g_pids = np.array([it[1] for it in ds.gallery])
@@ -76,10 +107,11 @@ def evaluate_target(model, target: str, root: Path, cfg, device, ctx=None) -> di
 
         # checks first that the (Q+G)^2 matrices fit in memory (one-line error otherwise)
         dm = re_ranking_features(qf, gf, metric=e.metric, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value)
-        r = evaluate_rank(dm, q_pids, g_pids, q_cams, g_cams, max_rank=e.max_rank)
+        r = evaluate_rank(dm, q_pids, g_pids, q_cams, g_cams, max_rank=e.max_rank,
+                          single_gallery_shot=ds.single_gallery_shot)
     else:
         r = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=e.metric, max_rank=e.max_rank,
-                              chunk_size=e.chunk_size)
+                              chunk_size=e.chunk_size, single_gallery_shot=ds.single_gallery_shot)
     examples = retrieval_examples(qf, gf, ds.query, ds.gallery, e.metric)
     cmc = [float(v) for v in r["cmc"]]
     at = lambda k: cmc[min(k, len(cmc)) - 1]  # noqa: E731 (CMC clipped to the gallery size)
@@ -124,7 +156,8 @@ def _labels(paths: List[str], cks: List[dict]) -> List[str]:
 
 
 def results_table(metrics: dict) -> str:
-    """Markdown: one row per model, 'R1 / mAP / mINP' per target, in percent."""
+    """Markdown: one row per model, 'R1 / mAP / mINP' per target, in percent (mean ± std over
+    the evaluation splits of the small datasets)."""
     targets = metrics["targets"]
     head = "| model | " + " | ".join(f"{t} R1 | {t} mAP | {t} mINP" for t in targets) + " |"
     sep = "|---|" + "---:|" * (3 * len(targets))
@@ -133,7 +166,8 @@ def results_table(metrics: dict) -> str:
         cells = []
         for t in targets:
             r = m["targets"][t]
-            cells += [f"{100 * r['rank1']:.1f}", f"{100 * r['mAP']:.1f}", f"{100 * r['mINP']:.1f}"]
+            sd = r.get("std")
+            cells += [f"{100 * r[k]:.1f}" + (f" ± {100 * sd[k]:.1f}" if sd else "") for k in ("rank1", "mAP", "mINP")]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -160,7 +194,7 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
             raise OsnasError(f"{p}: checkpoint not found")
     with dist.session(cfg.run.device) as ctx:
         device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
-        out_dir = Path(out) if out else (Path(paths[0]).parent / "eval" if len(paths) == 1
+        out_dir = Path(out) if out else (Path(paths[0]).parent / EVAL_DIR if len(paths) == 1
                                          else Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
         loaded = [load_model_from_checkpoint(p) for p in paths]  # bad checkpoints fail before the output folder is touched
         if ctx.is_main:
@@ -179,16 +213,17 @@ def run_eval_crossdomain(checkpoints: Sequence[str], targets: str, data_root: Op
                 entry["targets"][t] = r
                 if ctx.is_main:
                     log.info(f"{label} -> {t}: R1 {100 * r['rank1']:.1f} R5 {100 * r['rank5']:.1f} "
-                             f"R10 {100 * r['rank10']:.1f} mAP {100 * r['mAP']:.1f} mINP {100 * r['mINP']:.1f}")
+                             f"R10 {100 * r['rank10']:.1f} mAP {100 * r['mAP']:.1f} mINP {100 * r['mINP']:.1f}"
+                             + (f" (mean of {r['num_splits']} splits)" if "num_splits" in r else ""))
             metrics["models"][label] = entry
 
         def write():
-            write_json(out_dir / "metrics.json", metrics)
+            write_json(out_dir / METRICS, metrics)
             table = results_table(metrics)
-            atomic_write_text(out_dir / "results.md", f"# Cross-domain results ({cfg.eval.metric}"
+            atomic_write_text(out_dir / RESULTS_MD, f"# Cross-domain results ({cfg.eval.metric}"
                               f"{', re-ranked' if cfg.eval.rerank else ''})\n\n{table}")
             print(table, end="")
-            print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'results.md'}")
+            print(f"wrote {out_dir / METRICS} and {out_dir / RESULTS_MD}")
 
         dist.on_main(write, ctx)  # under DDP a failing write stops every rank with the same error
         return metrics

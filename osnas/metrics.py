@@ -1,4 +1,4 @@
-"""Re-ID evaluation: CMC, mAP and mINP (REFERENCE.md section 4).
+"""Re-ID evaluation: CMC, mAP (Zheng et al., ICCV 2015, Market-1501) and mINP (Ye et al., TPAMI 2021).
 
 Semantics (identical to the usual re-ID evaluators, with ties made deterministic):
 
@@ -122,7 +122,6 @@ class _Evaluator:
         self.first = np.zeros(num_q, np.int64)  # 0 = query skipped
         self.ap = np.zeros(num_q, np.float64)
         self.inp = np.zeros(num_q, np.float64)
-        self.tie_rows = 0  # rows that needed the exact tie fallback (diagnostics)
         self.sgs_repeats = sgs_repeats
         self.seed = seed
         if sgs_repeats:
@@ -216,7 +215,6 @@ class _Evaluator:
             idx = np.flatnonzero(D[r] == fd[a])  # ascending gallery indices
             idx = idx[self.g_code[idx] != qc[r]]
             out[a:z] = idx.searchsorted(fg[a:z])
-        self.tie_rows += int(np.count_nonzero(np.r_[True, frow[1:] != frow[:-1]]))
         return out
 
     # ------------------------------------------------------------------ CUHK03 classic
@@ -482,7 +480,10 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
 
 
 def evaluate_rank_naive(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
-    """The definition, written out: one full stable argsort per query (slow; for checks)."""
+    """The definitions, written out for one query at a time (slow; the fast path is checked
+    against it). For each query: order the gallery by a stable sort, drop same-identity
+    same-camera items, and read off the 1-based ranks r_1 < ... < r_R of its R true matches;
+    then CMC@k = [r_1 <= k], AP = mean_j (j / r_j), INP = R / r_R."""
     D = _distmat(distmat)
     num_q, num_g = D.shape
     qp = _labels(q_pids, "q_pids", num_q)
@@ -490,30 +491,20 @@ def evaluate_rank_naive(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: i
     qc = _labels(q_camids, "q_camids", num_q)
     gc = _labels(g_camids, "g_camids", num_g)
     max_rank = _clip_max_rank(_check_max_rank(max_rank), num_g)
-    all_cmc, all_ap, all_inp = [], [], []
+    ks = np.arange(1, max_rank + 1)
+    hits, aps, inps = [], [], []
     for i in range(num_q):
-        order = np.argsort(D[i], kind="stable")
-        keep = ~((gp[order] == qp[i]) & (gc[order] == qc[i]))
-        raw = (gp[order][keep] == qp[i]).astype(np.int64)
-        if not raw.any():
+        ranked = [j for j in np.argsort(D[i], kind="stable") if not (gp[j] == qp[i] and gc[j] == qc[i])]
+        ranks = np.array([pos + 1 for pos, j in enumerate(ranked) if gp[j] == qp[i]], dtype=np.float64)
+        if ranks.size == 0:  # no true match left: the query does not count
             continue
-        cum = raw.cumsum()
-        last = np.flatnonzero(raw)[-1]
-        all_inp.append(cum[last] / (last + 1.0))
-        cmc = np.minimum(cum, 1)[:max_rank]
-        if cmc.size < max_rank:  # fewer kept items than max_rank: a match was found
-            cmc = np.concatenate([cmc, np.ones(max_rank - cmc.size, cmc.dtype)])
-        all_cmc.append(cmc)
-        prec = cum / np.arange(1, raw.size + 1)
-        all_ap.append((prec * raw).sum() / raw.sum())
-    if not all_cmc:
+        hits.append(ks >= ranks[0])
+        aps.append(float(np.mean(np.arange(1, ranks.size + 1) / ranks)))
+        inps.append(ranks.size / ranks[-1])
+    if not hits:
         raise OsnasError("all queries have no match in the gallery (check the query/gallery ids and cameras)")
-    return {
-        "cmc": np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc),
-        "mAP": float(np.mean(all_ap)),
-        "mINP": float(np.mean(all_inp)),
-        "num_valid": len(all_cmc),
-    }
+    return {"cmc": np.mean(np.asarray(hits, dtype=np.float64), axis=0), "mAP": float(np.mean(aps)),
+            "mINP": float(np.mean(inps)), "num_valid": len(hits)}
 
 
 __all__ = [

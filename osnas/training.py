@@ -5,18 +5,15 @@
   with any number of loader workers) sees the same pixels as an uninterrupted run.
 - Batch streams: endless PK batches from one group of items (a domain, a split), drawn
   from the data layer's PK sampler epoch after epoch; their positions are checkpointed.
-- Optimisers and schedules (warm-up, cosine, step), SIGINT handling, NaN guards.
+- Optimisers and schedules (warm-up, cosine, step), and the one non-finite-loss check.
+The run around the steps (folder, resume, saves, stops) is osnas.session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-import signal
-import time
-from contextlib import contextmanager
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -154,85 +151,8 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: List[float], factor: floa
         g["lr"] = lr * factor
 
 
-def guard_step(loss: torch.Tensor, stop, ctx, where: str) -> Tuple[float, bool]:
-    """Before backward: (loss value, stop now?). Raises NaNLossError on a non-finite loss.
-
-    Under DDP all ranks agree (one small all-reduce): the value is the mean over ranks, a NaN
-    on any rank stops every rank, and a stop request on any rank stops all at this step.
-    """
-    if ctx is not None and ctx.distributed:
-        from osnas import distributed as dist
-
-        value, bad, stop_now = dist.sync_step(loss, bool(stop), ctx)
-        if bad:
-            raise NaNLossError(f"non-finite loss at {where} on some rank; stopped, the last good checkpoint is kept")
-        return value, stop_now
-    check_finite(loss, where)
-    return float(loss.detach()), bool(stop)
-
-
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(loss):
-        raise NaNLossError(f"non-finite loss ({float(loss.detach())}) at {where}; stopped, the last good checkpoint is kept")
-
-
-# ----------------------------------------------------------------------------- signals
-class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop saves a checkpoint at the next step boundary and exits."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __bool__(self):
-        return self.signum is not None
-
-
-# Under torchrun a Ctrl-C reaches each worker twice: from the terminal (process group) and
-# forwarded by the agent. A repeat within this many seconds counts as the same request.
-TORCHRUN_REPEAT_S = 5.0
-
-
-@contextmanager
-def graceful_stop():
-    flag = StopFlag()
-    old = {}
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-    first = [0.0]
-
-    def handler(signum, frame):
-        if flag.signum is not None:  # second Ctrl-C: give up at once
-            if under_torchrun and time.monotonic() - first[0] < TORCHRUN_REPEAT_S:
-                return
-            raise KeyboardInterrupt
-        flag.signum = signum
-        first[0] = time.monotonic()
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not in the main thread
-            pass
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def start_run(run_dir, ctx, device_name: str = "auto") -> torch.device:
-    """This process's device; on rank 0 the run folder and its log.txt (other ranks log nothing)."""
-    from pathlib import Path
-
-    from osnas.utils import resolve_device, setup_run_logging
-
-    device = ctx.device if ctx.distributed else resolve_device(device_name)
-    if ctx.is_main:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        setup_run_logging(run_dir)
-    else:
-        setup_run_logging(None, verbose=False)
-    return device
-
-
-def state_dict_cpu(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}
+def check_finite(loss, where: str) -> None:
+    """The one non-finite-loss check: raises NaNLossError (the last good checkpoint is kept)."""
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    if not math.isfinite(value):
+        raise NaNLossError(f"non-finite loss ({value}) at {where}; stopped, the last good checkpoint is kept")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,10 +13,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from osnas.errors import OsnasError
 
@@ -130,8 +130,51 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise OsnasError(f"{path}: not a valid {what} ({e})") from None
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def read_jsonl(path: str | Path, what: str, missing_ok: bool = False) -> list:
+    """Rows of a JSON-lines file (one object per line). A torn last line (a run killed while
+    writing it) is dropped; any other bad line is a one-line error. A missing or empty file
+    is an error unless `missing_ok` (then [])."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise OsnasError(f"{path}: {what} not found")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OsnasError(f"{path}: cannot read {what} ({e})") from None
+    numbered = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+    rows = []
+    for k, (i, ln) in enumerate(numbered):
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            if k == len(numbered) - 1:
+                break  # torn last line of a killed run
+            raise OsnasError(f"{path}: line {i + 1} is not valid JSON (expected one {what} row per line)") from None
+        if not isinstance(row, dict):
+            raise OsnasError(f"{path}: line {i + 1}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows and not missing_ok:
+        raise OsnasError(f"{path}: {what} is empty (no complete row yet)")
+    return rows
+
+
+def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """A YAML (or JSON) file through yaml.safe_load; every failure is one line naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise OsnasError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise OsnasError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise OsnasError(f"{path}: not a text file, expected {what}") from None
+    except OSError as e:
+        raise OsnasError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -276,16 +319,6 @@ def _hms(s: float) -> str:
         return "?"
     s = int(s)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
-
-
-def iter_progress(it: Iterable, total: int, desc: str, unit: str = "it", enabled: bool = True):
-    p = Progress(total, desc, unit, enabled=enabled)
-    try:
-        for x in it:
-            yield x
-            p.update(1)
-    finally:
-        p.close()
 
 
 # ----------------------------------------------------------------------------- logging

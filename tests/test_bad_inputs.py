@@ -326,7 +326,7 @@ def test_bad_space_files(name, tmp_path, capsys):
 
 # ============================================================================ checkpoints
 def _retrain_ck(arch="osnet_x0_25"):
-    from osnas.genotypes import load_genotype
+    from osnas.models.genotype import load_genotype
     from osnas.models import build_model
 
     g = load_genotype("osnet_ain")
@@ -423,7 +423,7 @@ def _search_run(folder: Path, checkpoint: bytes) -> Path:
 
 
 def _search_ck(**changes):
-    from osnas.search.space import load_space
+    from osnas.models.space import load_space
 
     ck = {"model": {}, "w_opt": {}, "a_opt": {}, "streams": {}, "rng": {}, "epoch": 1, "step_in_epoch": 0,
           "global_step": 2, "space_sha256": load_space("osnet_ain_blocks").sha256, "arch": "osnet_x0_25",
@@ -435,7 +435,7 @@ def _search_ck(**changes):
 @pytest.mark.parametrize("case,needle", [
     ("truncated", "not a readable search checkpoint"),
     ("namespace", "weights_only loading does not allow"),
-    ("retrain_ck", "not a search checkpoint (missing w_opt, a_opt, streams, rng, global_step)"),
+    ("retrain_ck", "not a search checkpoint to resume (missing w_opt, a_opt, streams, rng, global_step)"),
     ("other_space", "space_sha256 is 'feed"),
     ("other_arch", "arch is 'osnet_x1_0' in the checkpoint, 'osnet_x0_25' now"),
     ("other_mode", "shared is False in the checkpoint, True now"),

@@ -227,11 +227,12 @@ def test_msmt17(data_root, version):
     base = _msmt(data_root, version)
     ds = build_dataset("msmt", data_root)
     assert ds.name == "msmt17" and ds.root.endswith(version)
-    # train = list_train + list_val, relabelled in sorted order (0, 1, 2 -> 0, 1, 2)
+    # train = list_train only (as the reference), relabelled in sorted order (0, 2 -> 0, 1);
+    # the list_val image (id 1) is not trained on
     assert _triples(ds.train) == [("0000_011_01_0303morning_0015_0.jpg", 0, 0),
                                   ("0000_012_07_0303morning_0016_0.jpg", 0, 6),
-                                  ("0001_005_03_0303afternoon_0001_0.jpg", 1, 2),
-                                  ("0002_001_15_0303noon_0100_1.jpg", 2, 14)]
+                                  ("0002_001_15_0303noon_0100_1.jpg", 1, 14)]
+    assert ds.num_train_pids == 2
     assert _triples(ds.query) == [("0000_000_02_0303morning_0001_0.jpg", 0, 1), ("0004_003_10_0303noon_0008_0.jpg", 4, 9)]
     assert [(pid, cam) for _, pid, cam, _ in ds.gallery] == [(0, 4), (4, 11), (5, 0)]
     # a list line pointing at a missing image: list file, line number and the missing path
@@ -243,6 +244,28 @@ def test_msmt17(data_root, version):
         build_dataset("msmt17", data_root)
     (base / "list_query.txt").unlink()
     with pytest.raises(OsnasError, match=r"list_query.txt: list file not found"):
+        build_dataset("msmt17", data_root)
+
+
+@pytest.mark.parametrize("version", ["MSMT17_V1", "MSMT17_V2"])
+def test_msmt17_combine_all_adds_val(data_root, version):
+    _msmt(data_root, version)
+    ds = build_dataset("msmt17", data_root, combine_all=True)
+    # list_train + list_val relabelled together (ids 0, 1, 2 -> 0, 1, 2), then query/gallery
+    # ids 0, 4, 5 -> 3, 4, 5 (a new label space after the train ids, as combine_all does)
+    assert _triples(ds.train) == [
+        ("0000_000_02_0303morning_0001_0.jpg", 3, 1), ("0000_001_05_0303morning_0009_1.jpg", 3, 4),
+        ("0000_011_01_0303morning_0015_0.jpg", 0, 0), ("0000_012_07_0303morning_0016_0.jpg", 0, 6),
+        ("0001_005_03_0303afternoon_0001_0.jpg", 1, 2), ("0002_001_15_0303noon_0100_1.jpg", 2, 14),
+        ("0004_003_10_0303noon_0008_0.jpg", 4, 9), ("0004_010_12_0303noon_0010_0.jpg", 4, 11),
+        ("0005_000_01_0303noon_0010_0.jpg", 5, 0)]
+    assert ds.num_train_pids == 6
+    assert len(ds.query) == 2 and len(ds.gallery) == 3  # evaluation sets unchanged
+    # without combine_all the val image stays out, but list_val is still read and checked
+    plain = build_dataset("msmt17", data_root)
+    assert "0001_005_03_0303afternoon_0001_0.jpg" not in {Path(p).name for p, *_ in plain.train}
+    (data_root / "msmt17" / version / "list_val.txt").unlink()
+    with pytest.raises(OsnasError, match=r"list_val.txt: list file not found"):
         build_dataset("msmt17", data_root)
 
 
@@ -345,7 +368,7 @@ def test_multisource_union():
     assert {(it[3], it[1]) for it in ms.train} == {(0, 0), (0, 1), (0, 2), (1, 3), (1, 4),
                                                    (2, 5), (2, 6), (2, 7), (2, 8)}
     assert ms.train[6] == ("/b/0_0.jpg", 3, 0, 1)
-    assert len(ms.domain_items(2)) == 8
+    assert sum(1 for it in ms.train if it[3] == 2) == 8
 
 
 def test_build_multisource_aliases(data_root):
@@ -357,7 +380,7 @@ def test_build_multisource_aliases(data_root):
     ms = build_multisource("market,duke", data_root)
     assert ms.domain_names == ["market1501", "dukemtmcreid"] and ms.num_classes == 5
     assert sorted({(it[1], it[3]) for it in ms.train}) == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1)]
-    assert ms.domain_of("duke") == 1
+    assert ms.domain_names.index(canonical_name("duke")) == 1
 
 
 # ============================================================================ samplers
@@ -448,12 +471,12 @@ def test_sampler_errors_and_factory():
 
 
 def test_loader_with_batch_sampler(data_root):
-    from osnas.data import build_transforms, make_train_loader
+    from osnas.data import ImageDataset, build_loader, build_transforms
 
     _market(data_root / "market1501")
     ds = build_dataset("market1501", data_root)
     s = RandomIdentitySampler(ds.train, 4, 2, seed=0)
-    ld = make_train_loader(ds.train, s, build_transforms(64, 32, train=True), workers=0, seed=0)
+    ld = build_loader(ImageDataset(ds.train, build_transforms(64, 32, train=True)), batch_sampler=s, workers=0, seed=0)
     imgs, pids, cams, dsetids, idx = next(iter(ld))
     assert imgs.shape == (4, 3, 64, 32) and len(set(pids.tolist())) == 2
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from _torchreid_ref import build_reference, randomise_
 from osnas.errors import OsnasError
 from osnas.models import build_model
+from osnas.models.torchreid_import import export_torchreid_state_dict
 from osnas.models.deploy import (DeployedModel, export_onnx, export_torchscript, fold_bn,
                                  load_image, load_model_from_checkpoint, optimize_for_inference, run_export,
                                  run_extract)
@@ -166,7 +166,7 @@ def test_onnx_round_trip(tmp_path):
 
 # ----------------------------------------------------------------------------- checkpoints, extract, export
 def _retrain_checkpoint(tmp_path, name="osnet_ain_x0_25", **kw):
-    from osnas.genotypes import named_genotype
+    from osnas.models.genotype import named_genotype
     from osnas.utils import save_checkpoint
 
     m = _model(name, num_classes=7, **kw)
@@ -230,7 +230,7 @@ def test_run_extract_with_checkpoint_and_with_torchreid_weights(tmp_path, capsys
     assert np.linalg.norm(d["features"] - ref) / np.linalg.norm(ref) < 1e-4
     # a named model with torchreid weights, bf16
     w = tmp_path / "w.pth"
-    torch.save(randomise_(build_reference("osnet_x0_25", 1000)).state_dict(), w)
+    torch.save(export_torchreid_state_dict(_randomise_stats(build_model("osnet_x0_25", num_classes=1000))), w)
     run_extract(model="osnet_x0_25", weights=str(w), images=str(tmp_path / "imgs"), out=str(tmp_path / "f2.npz"),
                 height=64, width=32, bf16=True, backend="eager")
     assert np.load(tmp_path / "f2.npz")["features"].shape == (5, 512)

@@ -22,17 +22,15 @@ import torch
 import yaml
 
 from osnas import distributed as dist
+from conftest import ENV, TINY
 from osnas.errors import OsnasError
-from osnas.search.loop import read_history
+from osnas.search.bilevel import read_history
 from osnas.utils import load_checkpoint
 
-TINY = ["model.arch=osnet_x0_25", "data.height=64", "data.width=32", "data.batch_size=8", "data.num_instances=2",
-        "data.workers=0", "run.progress=false", "run.log_every=1000"]
 SEARCH = TINY + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1", "search.order=second",
                  "run.ddp_check=true"]
 RETRAIN = TINY + ["train.epochs=2", "train.steps_per_epoch=2", "train.triplet_weight=1.0",
                   "train.center_weight=0.0005", "train.fixbase_epochs=1", "run.ddp_check=true"]
-ENV = {**os.environ, "OSNAS_SYNTH_PRESET": "tiny", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 AGREE = re.compile(r"(\d+) ranks agree on [^(]*\(state sha256 ([0-9a-f]{16})\)")
 
 
@@ -50,13 +48,10 @@ def _osnas_lines(stderr):
     return [ln for ln in stderr.splitlines() if ln.startswith("osnas:")]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    from osnas.data.synth import PRESETS, run_synth
-
-    r = tmp_path_factory.mktemp("data")
-    run_synth(r / "synth", domains=["synth0", "synth1", "synth2", "synth3"], params=PRESETS["tiny"])
-    return r
+@pytest.fixture(scope="session")
+def root(synth_root):
+    """The tiny built-in domains (tests/conftest.py)."""
+    return synth_root
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def test_ddp_search_ranks_agree_and_rank0_writes(ddp_search):
 
 
 def test_ddp_retrain_ranks_agree(ddp_search, root, tmp_path):
-    from osnas.genotypes import run_derive
+    from osnas.derive import run_derive
 
     g = run_derive(ddp_search)
     out = tmp_path / "rt"
@@ -160,7 +155,7 @@ def _primitives_worker(rank, world, init_file, result_dir):
         res["on_main"] = str(e)
     # extract_features: shard + gather equals embedding everything in one process
     from osnas.evaluate import extract_features
-    from osnas.genotypes import load_genotype
+    from osnas.models.genotype import load_genotype
     from osnas.models import build_model
     from osnas.data.transforms import build_transforms
 
@@ -186,7 +181,7 @@ def test_ddp_primitives_two_processes(tmp_path):
     # (fork, not spawn: spawn re-imports torch and torchvision in each child, ~20 s when loaded)
     from osnas.data.transforms import build_transforms
     from osnas.evaluate import extract_features
-    from osnas.genotypes import load_genotype
+    from osnas.models.genotype import load_genotype
     from osnas.models import build_model
 
     torch.manual_seed(0)
@@ -238,7 +233,7 @@ def test_single_process_helpers_are_no_ops():
 
 def test_torchrun_signal_repeat_is_one_request(monkeypatch):
     """Under torchrun a Ctrl-C arrives twice (terminal + agent): still one graceful stop."""
-    from osnas.training import graceful_stop
+    from osnas.session import stop_signals as graceful_stop
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     with graceful_stop() as stop:
@@ -294,7 +289,7 @@ def test_ddp_first_order_search_and_eval(root, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert len(read_history(out)) == 4 and len(_agreements(out)) == 2
     # eval-crossdomain: features sharded over ranks and gathered; same metrics as one process
-    from osnas.engine import run_retrain
+    from osnas.retrain import run_retrain
 
     rt = run_retrain(genotype="osnet_ain", data_root=str(root), out=str(tmp_path / "rt"),
                      overrides=TINY + ["train.epochs=1", "train.steps_per_epoch=1"])

@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from osnas import utils
+from conftest import TINY
 from osnas.errors import OsnasError
-from osnas.search.loop import read_history, run_search
+from osnas.search.bilevel import read_history, run_search
 from osnas.utils import atomic_write_bytes, load_checkpoint, remove_stale_temps, save_checkpoint
 
-TINY = ["model.arch=osnet_x0_25", "data.height=64", "data.width=32", "data.batch_size=8", "data.num_instances=2",
-        "data.workers=0", "run.progress=false", "run.log_every=1000"]
 SEARCH = TINY + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
 
 
@@ -64,13 +63,10 @@ def test_write_into_missing_or_file_parent(tmp_path):
     assert blocker.read_text() == "x"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    from osnas.data.synth import PRESETS, run_synth
-
-    r = tmp_path_factory.mktemp("data")
-    run_synth(r / "synth", domains=["synth0", "synth1", "synth2"], params=PRESETS["tiny"])
-    return r
+@pytest.fixture(scope="session")
+def root(synth_root):
+    """The tiny built-in domains (tests/conftest.py)."""
+    return synth_root
 
 
 def test_search_disk_full_at_checkpoint_then_resume(root, tmp_path, monkeypatch):
@@ -103,12 +99,12 @@ def test_search_disk_full_at_checkpoint_then_resume(root, tmp_path, monkeypatch)
 
 
 def test_history_write_failure_is_one_line(root, tmp_path, monkeypatch):
-    import osnas.search.loop as loop
+    import osnas.session as session
 
     def broken(f, line):
         raise OsnasError(f"cannot write {f.name}: No space left on device; the last checkpoint is kept")
 
-    monkeypatch.setattr(loop, "append_line", broken)
+    monkeypatch.setattr(session, "append_line", broken)
     with pytest.raises(OsnasError, match="alphas.jsonl: No space left"):
         run_search(data_root=str(root), out=str(tmp_path / "r"), overrides=SEARCH)
     # and the real helper turns an OSError into that error

@@ -1,6 +1,7 @@
 """Evaluation metrics (CMC / mAP / mINP), features path, re-ranking.
 
-The reference semantics are REFERENCE.md section 4; ties are defined by a stable sort.
+The semantics are those of the usual re-ID evaluators (see osnas/metrics.py); ties are defined by a
+stable sort.
 `naive_eval` below is the definition written out (one stable argsort per query), kept
 independent of osnas.metrics.
 """

@@ -1,4 +1,4 @@
-"""The named OSNet builds: shapes, sizes (REFERENCE.md 1-2), gradients, IN placement, heads, MACs."""
+"""The named OSNet builds: shapes, sizes (Zhou et al., ICCV 2019 / TPAMI 2021), gradients, IN placement, heads, MACs."""
 
 import os
 import subprocess
@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 NAMES = list(MODEL_NAMES)
 C3 = {w: c[3] for w, c in WIDTHS.items()}
-# REFERENCE.md 1: parameters without classifier (M, 2 decimals) and MACs at 256x128 (M)
+# published OSNet sizes (Zhou et al., ICCV 2019): parameters without classifier (M, 2 decimals) and MACs at 256x128 (M)
 REF_PARAMS_M = {"osnet_x1_0": 2.17, "osnet_x0_75": 1.29, "osnet_x0_5": 0.63, "osnet_x0_25": 0.20}
 REF_MACS_M = {"osnet_x1_0": 978.9, "osnet_x0_75": 571.8, "osnet_x0_5": 272.9, "osnet_x0_25": 82.3}
 IBN_IN = {"conv1.norm.ops.in", "conv2.0.post.ops.in", "conv2.1.post.ops.in"}

@@ -1,7 +1,6 @@
 """search -> derive -> retrain -> eval-crossdomain on tiny built-in data; determinism and resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,31 +9,24 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from osnas.config import build_config
-from osnas.engine import run_retrain
+from osnas.retrain import run_retrain
+from conftest import ENV, TINY
 from osnas.errors import OsnasError
 from osnas.evaluate import run_eval_crossdomain
-from osnas.genotypes import derive_from_run, load_genotype, run_derive
-from osnas.search.loop import read_history, run_search
+from osnas.derive import derive_from_run, run_derive
+from osnas.models.genotype import load_genotype
+from osnas.search.bilevel import read_history, run_search
 from osnas.utils import load_checkpoint
 
-TINY = ["model.arch=osnet_x0_25", "data.height=64", "data.width=32", "data.batch_size=8", "data.num_instances=2",
-        "data.workers=0", "run.progress=false", "run.log_every=1000"]
 SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
 RETRAIN = TINY + ["train.epochs=2", "train.steps_per_epoch=3", "train.triplet_weight=1.0"]
-ENV = {**os.environ, "OSNAS_SYNTH_PRESET": "tiny", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    """Tiny built-in synthetic domains, generated once per test session."""
-    from osnas.data.synth import PRESETS, run_synth
-
-    r = tmp_path_factory.mktemp("data")
-    run_synth(r / "synth", domains=["synth0", "synth1", "synth2", "synth3"], params=PRESETS["tiny"])
-    return r
+def root(synth_root):
+    """The tiny built-in domains (tests/conftest.py)."""
+    return synth_root
 
 
 def _search(root, out, extra=()):
@@ -153,7 +145,7 @@ def test_retrain_resume_matches_uninterrupted(root, tmp_path):
 def test_nan_loss_stops_with_last_good_checkpoint(root, tmp_path, monkeypatch):
     out = _search(root, tmp_path / "s")
     before = (out / "checkpoint.pth").read_bytes()
-    import osnas.search.loop as loop
+    import osnas.search.bilevel as loop
 
     real = loop.make_loss_fn
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from osnas.errors import OsnasError
-from osnas.search.space import SPACES_DIR, load_space
+from osnas.models.space import SPACES_DIR, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def panels(fig):
 @pytest.fixture
 def captured(monkeypatch):
     """run_plot without rendering: figures kept by file stem, a stub file written (rendering is slow)."""
-    import osnas.plots.common
+    import osnas.plot.common
 
     figs = {}
 
@@ -144,7 +144,7 @@ def captured(monkeypatch):
         Path(path).write_bytes(b"stub")
         return path
 
-    monkeypatch.setattr(osnas.plots.common, "save_figure", fake_save)
+    monkeypatch.setattr(osnas.plot.common, "save_figure", fake_save)
     return figs
 
 
@@ -207,7 +207,7 @@ def test_torn_last_line_tolerated_and_final_from_history(tmp_path):
     run = make_search_run(tmp_path, final=False, winners={"conv3.0": "plain"})
     with open(run / "alphas.jsonl", "a") as f:
         f.write('{"step": 20, "epoch": 4, "probs": {"conv2.0": {"pla')
-    from osnas.plots.readers import load_run
+    from osnas.plot.readers import load_run
 
     r = load_run(run)
     assert len(r.history.steps) == 20 and r.final_source.startswith("alphas.jsonl")
@@ -217,8 +217,8 @@ def test_torn_last_line_tolerated_and_final_from_history(tmp_path):
 # ----------------------------------------------------------------------------- several runs
 def test_several_runs_agreement_values_and_files(tmp_path, captured):
     from osnas.plot import run_plot
-    from osnas.plots.readers import load_run
-    from osnas.plots.search import agreement
+    from osnas.plot.readers import load_run
+    from osnas.plot.search import agreement
 
     base = {"conv2.0": "in_res", "conv2.1": "in_res", "conv3.0": "plain", "conv3.1": "in_res",
             "conv4.0": "in_res", "conv4.1": "plain"}
@@ -286,8 +286,8 @@ def test_retrieval_skipped_when_images_missing(tmp_path, capsys):
 
 
 def test_results_mean_std_over_files_sharing_labels(tmp_path):
-    from osnas.plots.readers import load_metrics
-    from osnas.plots.results import aggregate
+    from osnas.plot.readers import load_metrics
+    from osnas.plot.results import aggregate
 
     files = [make_metrics(tmp_path / f"m{i}" / "metrics.json", shift=0.02 * i) for i in range(3)]
     ag = aggregate([load_metrics(f) for f in files])

@@ -8,11 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from osnas.errors import OsnasError
-from osnas.genotypes import load_genotype
+from osnas.models.genotype import load_genotype
 from osnas.models import build_model, build_supernet
-from osnas.search import relax
+from osnas.models import relax
 from osnas.search.architect import Architect
-from osnas.search.space import list_spaces, load_space
+from osnas.models.space import list_spaces, load_space
 
 ARCH = "osnet_x0_25"
 

@@ -10,7 +10,7 @@ processes hits every variant alike), the best-of-N images/s of
   (b) `optimize_for_inference(model, bf16=False, backend=B)` (BN folded, channels-last),
   (c) `optimize_for_inference(model, bf16=True, backend=B)`,
 for each backend B, with the ratios to (a), the fp32 relative error of (b) against (a), and
-the fraction of the compute limit reached (REFERENCE.md 6: ~1.96 GFLOP per image; ~95
+the fraction of the compute limit reached (OSNet x1.0 at 256x128: ~1.96 GFLOP per image; measured on this 2-core machine: ~95
 GFLOP/s fp32 and ~360 GFLOP/s bf16 matrix-multiply peak on this 2-core machine).
 
 --rank1: no training here. Builds a retrieval set (the built-in synthetic domains via
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GFLOP_PER_IMAGE = 1.96  # REFERENCE.md 6 (2 x 978.9M MACs)
-PEAK_FP32, PEAK_BF16 = 95.0, 360.0  # GFLOP/s, REFERENCE.md 6
+GFLOP_PER_IMAGE = 1.96  # 2 x 978.9M MACs (OSNet x1.0, 256x128)
+PEAK_FP32, PEAK_BF16 = 95.0, 360.0  # GFLOP/s, matrix-multiply peaks measured on the 2-core project machine
 
 
 def parse():
@@ -65,7 +65,7 @@ def build(args):
     from osnas.models import build_model, load_torchreid_weights
 
     if args.checkpoint:
-        from osnas.models.deploy import load_model_from_checkpoint
+        from osnas.models.checkpoint import load_model_from_checkpoint
 
         m, ck = load_model_from_checkpoint(args.checkpoint)
         args.model = f"{ck['arch']} {(ck['genotype'] or {}).get('name', '')} ({args.checkpoint})"
@@ -119,7 +119,7 @@ def speed(args, model, results):
     print(f"{'variant':<18} {'img/s':>7} {'x plain':>8} {'rel err':>9} {'GFLOP/s':>8} {'of peak':>8}"
           f" {'img/CPU-s':>10} {'x plain':>8}")
     rows = {}
-    cores = min(max(torch.get_num_threads(), 1), 2)  # the REFERENCE peaks are for the 2 cores together
+    cores = min(max(torch.get_num_threads(), 1), 2)  # the peaks above are for the 2 cores together
     for k in variants:
         ips = args.batch / best[k]
         gf = ips * GFLOP_PER_IMAGE
@@ -131,7 +131,7 @@ def speed(args, model, results):
     print("img/CPU-s: images per second of process CPU time (all threads), best of the rounds: less sensitive to "
           "other processes taking the cores than wall time")
     print(f"compute limit ({cores} core{'s' if cores > 1 else ''}): fp32 {PEAK_FP32 * cores / 2 / GFLOP_PER_IMAGE:.0f} "
-          f"img/s, bf16 {PEAK_BF16 * cores / 2 / GFLOP_PER_IMAGE:.0f} img/s (REFERENCE.md 6: {GFLOP_PER_IMAGE} "
+          f"img/s, bf16 {PEAK_BF16 * cores / 2 / GFLOP_PER_IMAGE:.0f} img/s ({GFLOP_PER_IMAGE} "
           f"GFLOP/image, 2-core peaks {PEAK_FP32:.0f} / {PEAK_BF16:.0f} GFLOP/s; '% of peak' against the fp32 or "
           f"bf16 peak of the cores used)")
     fp = max((v["ratio"] for k, v in rows.items() if k.endswith("fp32")), default=0)

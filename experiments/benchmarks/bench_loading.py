@@ -34,12 +34,12 @@ def make_images(folder: Path, n: int) -> list:
 
 
 def bench(items, workers: int, batch_size: int, epochs: int, height: int, width: int) -> dict:
-    from osnas.data import RandomBatchSampler, build_transforms, make_train_loader
+    from osnas.data import ImageDataset, RandomBatchSampler, build_loader, build_transforms
 
     tf = build_transforms(height, width, train=True, flip=True, pad_crop=True, pad=10, color_jitter=True,
                           brightness=0.2, contrast=0.15)
     sampler = RandomBatchSampler(len(items), batch_size, seed=0)
-    loader = make_train_loader(items, sampler, tf, workers=workers, seed=0, pin_memory=False)
+    loader = build_loader(ImageDataset(items, tf), batch_sampler=sampler, workers=workers, seed=0, pin_memory=False)
     t0 = time.perf_counter()
     n, first, t_first = 0, None, None
     for ep in range(epochs):

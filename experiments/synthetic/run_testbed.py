@@ -27,7 +27,7 @@ MODELS = ("osnet", "osnet_ibn", "osnet_ain", "searched")
 
 
 def _retrain(genotype, name, cfg_file, root, out, sources, seed, extra=()):
-    from osnas.engine import resolve_retrain_config, train
+    from osnas.retrain import resolve_retrain_config, train
     from osnas.utils import load_checkpoint
 
     ck = out / "checkpoint.pth"
@@ -69,10 +69,12 @@ def main():
     ap.add_argument("--config", default=str(HERE / "testbed.yaml"))
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = ap.parse_args()
-    from osnas.config import build_config, data_root
+    from osnas.config import build_config
+    from osnas.data import data_root
     from osnas.data.synth import ensure_synth
-    from osnas.genotypes import load_genotype, run_derive
-    from osnas.search.loop import run_search
+    from osnas.derive import run_derive
+    from osnas.models.genotype import load_genotype
+    from osnas.search import run_search
 
     t0 = time.time()
     out = Path(a.out)

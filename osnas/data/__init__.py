@@ -1,9 +1,17 @@
 """Data layer: datasets on disk, multi-source union, samplers, transforms, synthetic domains."""
 
-from osnas.data.datasets import REGISTRY, ReidDataset, build_dataset, canonical_name, run_data_info
+from osnas.data.datasets import (
+    REGISTRY,
+    ReidDataset,
+    build_dataset,
+    canonical_name,
+    data_root,
+    dataset_splits,
+    evaluation_splits,
+    run_data_info,
+)
 from osnas.data.multisource import (
     DEFAULT_SYNTH_SOURCES,
-    DEFAULT_SYNTH_TARGETS,
     MultiSource,
     build_multisource,
     combine,
@@ -20,18 +28,19 @@ from osnas.data.samplers import (
 )
 
 __all__ = [
-    "REGISTRY", "ReidDataset", "build_dataset", "canonical_name", "run_data_info",
-    "DEFAULT_SYNTH_SOURCES", "DEFAULT_SYNTH_TARGETS", "MultiSource", "build_multisource", "combine",
+    "REGISTRY", "ReidDataset", "build_dataset", "canonical_name", "data_root", "dataset_splits",
+    "evaluation_splits", "run_data_info",
+    "DEFAULT_SYNTH_SOURCES", "MultiSource", "build_multisource", "combine",
     "parse_names", "resolve_sources",
     "DomainBalancedPKSampler", "PKSampler", "RandomBatchSampler", "RandomIdentitySampler",
     "build_train_sampler", "split_heldout",
-    "ImageDataset", "build_loader", "make_train_loader", "make_test_loader", "read_image",
+    "ImageDataset", "build_loader", "make_test_loader", "read_image",
     "build_transforms", "transforms_from_config",
 ]
 
 
 def __getattr__(name):  # torch / torchvision parts load on first use
-    if name in ("ImageDataset", "build_loader", "make_train_loader", "make_test_loader", "read_image"):
+    if name in ("ImageDataset", "build_loader", "make_test_loader", "read_image"):
         from osnas.data import dataset
 
         return getattr(dataset, name)

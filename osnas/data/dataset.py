@@ -60,13 +60,6 @@ def build_loader(dataset, batch_size: int | None = None, batch_sampler=None, shu
                       pin_memory=pin_memory, drop_last=drop_last, generator=gen, **kw)
 
 
-def make_train_loader(items, batch_sampler, transform, workers: int = 2, seed: int | None = None,
-                      pin_memory: bool | None = None) -> DataLoader:
-    """Training loader driven by a batch sampler (PK / domain-balanced / random; see samplers)."""
-    return build_loader(ImageDataset(items, transform), batch_sampler=batch_sampler, workers=workers,
-                        pin_memory=pin_memory, seed=seed)
-
-
 def make_test_loader(items, transform, batch_size: int = 128, workers: int = 2,
                      pin_memory: bool | None = None) -> DataLoader:
     """Evaluation loader: fixed order, no dropping."""

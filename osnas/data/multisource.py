@@ -8,7 +8,6 @@ from osnas.errors import OsnasError
 
 # with no --sources: the first synthetic domains are the sources, the last one the target
 DEFAULT_SYNTH_SOURCES = ("synth0", "synth1", "synth2")
-DEFAULT_SYNTH_TARGETS = ("synth3",)
 
 
 def parse_names(names) -> list[str]:
@@ -58,21 +57,6 @@ class MultiSource:
     def __post_init__(self):
         self.num_classes = len({it[1] for it in self.train})
         self.num_domains = len(self.domain_names)
-
-    def domain_of(self, name: str) -> int:
-        """Domain id of a source name (aliases accepted)."""
-        from osnas.data.datasets import canonical_name
-
-        c = canonical_name(name)
-        if c not in self.domain_names:
-            raise OsnasError(f"{name!r} is not one of the sources ({', '.join(self.domain_names)})")
-        return self.domain_names.index(c)
-
-    def domain_items(self, domain_id: int) -> list:
-        return [it for it in self.train if it[3] == domain_id]
-
-    def classes_per_domain(self) -> list[int]:
-        return [ds.num_train_pids for ds in self.datasets]
 
 
 def combine(datasets) -> MultiSource:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from osnas.errors import OsnasError
 from osnas.models.osnet import WIDTHS, OSNet
 
-# named builds (CONTRACT.md): name -> (width, genotype name)
+if TYPE_CHECKING:
+    from osnas.models.genotype import Genotype
+
+# named builds: name -> (width, genotype name)
 MODEL_NAMES = {
     **{w: (w, "osnet") for w in WIDTHS},
     "osnet_ibn_x1_0": ("osnet_x1_0", "osnet_ibn"),
@@ -22,7 +25,7 @@ def build_model(name_or_genotype: Union[str, Path, "Genotype"], num_classes: int
 
     `arch` sets the width for genotypes (default: the genotype's own, else osnet_x1_0).
     """
-    from osnas.genotypes import Genotype, NAMED, load_genotype, named_genotype
+    from osnas.models.genotype import Genotype, NAMED, load_genotype, named_genotype
 
     if isinstance(name_or_genotype, Genotype):
         g = name_or_genotype
@@ -47,7 +50,7 @@ def build_model(name_or_genotype: Union[str, Path, "Genotype"], num_classes: int
 
 def build_supernet(space, arch: str = "osnet_x1_0", num_classes: int = 0, **kw):
     """The weight-sharing supernet over a search space (name, file or SearchSpace)."""
-    from osnas.search.supernet import Supernet
+    from osnas.models.supernet import Supernet
 
     return Supernet(space, arch=arch, num_classes=num_classes, **kw)
 

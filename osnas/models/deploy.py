@@ -21,11 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from osnas.errors import OsnasError
+from osnas.models.checkpoint import load_model_from_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-CHECKPOINT_KEYS = ("model", "genotype", "arch", "head", "feature_dim", "last_stride", "num_classes")
 
 
 # ----------------------------------------------------------------------------- BN folding
@@ -491,57 +491,6 @@ def export_onnx(model, path: Union[str, Path], height: int = 256, width: int = 1
             tmp.unlink()
     atomic_write_bytes(path, data)
     return path
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def load_model_from_checkpoint(path: Union[str, Path]):
-    """(model in eval mode, checkpoint dict) from an osnas retrain checkpoint.
-
-    Expected keys (written by the retrain engine, `osnas.engine.model_spec`):
-      model        state dict of the OSNet
-      genotype     Genotype.to_dict() (or a named genotype: osnet, osnet_ibn, osnet_ain)
-      arch         width name, e.g. osnet_x1_0
-      head         reference | bnneck
-      feature_dim  embedding size of the reference head (512)
-      last_stride  1 or 2
-      num_classes  classifier size (0: none)
-    Anything else (optimiser, epoch, RNG ...) is ignored. A missing key, or weights that do
-    not fit the described network, is a one-line OsnasError naming the file.
-    """
-    from osnas.genotypes import Genotype, load_genotype
-    from osnas.models import build_model
-    from osnas.utils import load_checkpoint
-
-    ck = load_checkpoint(path, "retrain checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ck]
-    if missing:
-        hint = ("; it looks like a torchreid checkpoint: use --model NAME --weights FILE"
-                if "state_dict" in ck or "conv1.conv.weight" in ck else
-                "; search checkpoints go through `osnas derive` and `osnas retrain` first")
-        raise OsnasError(f"{path}: not a retrain checkpoint (missing {', '.join(missing)}){hint}")
-    g = ck["genotype"]
-    try:
-        if isinstance(g, str):
-            g = load_genotype(g)
-        elif isinstance(g, dict):
-            g = Genotype(**g)
-        else:
-            raise OsnasError(f"genotype is a {type(g).__name__}, expected a mapping")
-        model = build_model(g, num_classes=int(ck["num_classes"]), arch=ck["arch"] or "", head=ck["head"],
-                            feature_dim=int(ck["feature_dim"]), last_stride=int(ck["last_stride"]))
-    except OsnasError as e:
-        raise OsnasError(f"{path}: bad model description: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise OsnasError(f"{path}: bad model description ({e})") from None
-    sd = ck["model"]
-    if not isinstance(sd, dict):
-        raise OsnasError(f"{path}: 'model' is a {type(sd).__name__}, expected a state dict")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise OsnasError(f"{path}: weights do not fit the described architecture ({'; '.join(lines[1:3])[:300]})") from None
-    return model.eval(), ck
 
 
 def _check_model_args(checkpoint, model_name, weights) -> None:

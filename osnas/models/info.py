@@ -102,7 +102,7 @@ def describe_in(model) -> Dict[str, str]:
 
 
 def _matching_name(model) -> str:
-    from osnas.genotypes import NAMED
+    from osnas.models.genotype import NAMED
 
     plan = {s: ops[0] for s, ops in model.plan.items() if len(ops) == 1}
     for name, p in NAMED.items():

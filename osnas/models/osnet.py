@@ -76,15 +76,6 @@ def site_unit(site: str) -> str:
     return site.rsplit(".", 1)[0] if site_kind(site) in ("end", "post") else site
 
 
-def units() -> List[str]:
-    out = []
-    for s in norm_sites():
-        u = site_unit(s)
-        if u not in out:
-            out.append(u)
-    return out
-
-
 def default_plan() -> Dict[str, List[str]]:
     """Plain OSNet: BN everywhere, nothing after the addition."""
     return {s: ["none"] if site_kind(s) == "post" else ["bn"] for s in norm_sites()}
@@ -323,7 +314,7 @@ class BNNeckHead(nn.Module):
     def __init__(self, cin: int, num_classes: int):
         super().__init__()
         self.bottleneck = nn.BatchNorm1d(cin)
-        self.bottleneck.bias.requires_grad_(False)  # no shift (Luo et al.)
+        self.bottleneck.bias.requires_grad_(False)  # BNNeck learns a scale only: its shift stays 0 (Luo et al., TMM 2019)
         self.classifier = nn.Linear(cin, num_classes, bias=False) if num_classes > 0 else None
         self.dim = cin
 
@@ -396,27 +387,9 @@ class OSNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    # -- structure
-    def unit_modules(self) -> Dict[str, nn.Module]:
-        out = {"stem": self.conv1, "pool2": self.pool2, "pool3": self.pool3, "conv5": self.conv5}
-        for stage in STAGES:
-            for i, b in enumerate(getattr(self, stage)):
-                out[f"{stage}.{i}"] = b
-        return out
-
     def in_sites(self) -> List[str]:
         """Sites whose (single) op is instance normalisation."""
         return [s for s, ops in self.plan.items() if ops == ["in"]]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        dim = self.head.dim
-        self.num_classes = num_classes
-        bias = isinstance(self.head, ReferenceHead)
-        self.head.classifier = nn.Linear(dim, num_classes, bias=bias) if num_classes > 0 else None
-        if self.head.classifier is not None:
-            nn.init.normal_(self.head.classifier.weight, 0, 0.01)
-            if bias:
-                nn.init.zeros_(self.head.classifier.bias)
 
     # -- forward
     def featuremaps(self, x: torch.Tensor, mix: Optional[Dict[str, List[Combo]]] = None) -> torch.Tensor:

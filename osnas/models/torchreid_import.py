@@ -1,12 +1,16 @@
-"""Load published torchreid (deep-person-reid) OSNet checkpoints into an osnas OSNet.
+"""Load published torchreid (deep-person-reid) OSNet checkpoints into an osnas OSNet, and back.
 
-Three reference layouts exist (see /work/shared/reference/torchreid_state_dict_keys.txt):
+The networks are those of Zhou et al., "Omni-Scale Feature Learning for Person
+Re-Identification" (ICCV 2019: OSNet, OSNet-IBN) and "Learning Generalisable Omni-Scale
+Representations for Person Re-Identification" (TPAMI 2021: OSNet-AIN). Their published
+checkpoints come in two key layouts (every key and shape is listed in the project's
+tests/data/torchreid_state_dict_keys.txt):
 
-    plain / IBN  (osnet.py)      streams conv2a, conv2b.0-1, conv2c.0-2, conv2d.0-3; the
-                                 transitions live inside the stage: conv2.2.0, conv3.2.0;
-                                 IBN: `IN` after the residual addition (conv2.0, conv2.1)
-    AIN          (osnet_ain.py)  streams conv2.{t}.layers.{i}; transitions pool2.0, pool3.0;
-                                 `IN` replaces the branch-end BN (that block has no conv3.bn)
+    plain / IBN   streams conv2a, conv2b.0-1, conv2c.0-2, conv2d.0-3; the transitions live
+                  inside the stage: conv2.2.0, conv3.2.0;
+                  IBN: `IN` after the residual addition (conv2.0, conv2.1)
+    AIN           streams conv2.{t}.layers.{i}; transitions pool2.0, pool3.0;
+                  `IN` replaces the branch-end BN (that block has no conv3.bn)
 
 In both, the stem's `conv1.bn` is an InstanceNorm (affine, no running stats) in the IBN/AIN
 models and a BatchNorm otherwise; `fc.0`/`fc.1` are Linear + BatchNorm1d; `classifier`.
@@ -20,6 +24,9 @@ it (AIN), otherwise the IN follows the addition (IBN).
 Classifier-size mismatches (and a model without a classifier) are skipped and reported.
 Any other missing or unexpected key, or a shape mismatch, is a one-line OsnasError that
 lists the offending keys and, when the normalisation plans differ, the sites that differ.
+
+`export_torchreid_state_dict` is the inverse: an osnas OSNet whose plan torchreid can express
+written under the torchreid key names, in the published key order.
 """
 
 from __future__ import annotations
@@ -316,3 +323,88 @@ def load_torchreid_weights(model, path_or_state_dict, verbose: bool = True, stri
         print(f"osnas: torchreid weights from {where}: skipped {'; '.join(skip_reasons)}", file=sys.stderr)
     return {"layout": layout, "loaded": sorted(conv), "skipped": skipped, "skip_reasons": skip_reasons,
             "missing": tolerated, "plan": _fill_plan(implied)}
+
+
+def export_torchreid_state_dict(model, layout: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The weights of an osnas OSNet under torchreid's key names: the inverse of the import.
+
+    `layout` is 'plain' (conv2a..conv2d streams, transitions conv2.2.0 / conv3.2.0; also the
+    IBN model) or 'ain' (conv2.{t}.layers streams, transitions pool2.0 / pool3.0); by default
+    'ain' when some block has IN as its branch-end normalisation, else 'plain'. Keys come in
+    the published order. Only what torchreid can express is exported: one op per site (derive
+    a supernet first), BN or IN in the stem, BN in the transitions and conv5, per block a
+    branch-end BN followed by nothing or IN after the addition, or a branch-end IN with nothing
+    after it, and the reference head (fc + classifier); anything else is a one-line OsnasError.
+    Tensors are copies (detached from the model).
+    """
+    from osnas.models.osnet import BLOCKS_PER_STAGE, STAGES, T_STREAMS, ReferenceHead, block_names
+
+    plan = getattr(model, "plan", None)
+    if plan is None or getattr(model, "nonshared", None):
+        raise OsnasError("torchreid export: expected an osnas OSNet with one op per normalisation site")
+    multi = [s for s, ops in plan.items() if len(ops) != 1]
+    if multi:
+        raise OsnasError(f"torchreid export: sites holding several ops (a supernet?): {_list(multi)}; "
+                         f"export the derived network instead")
+    op = {s: ops[0] for s, ops in plan.items()}
+    bad = [f"{s}={op[s]}" for s in ("pool2", "pool3", "conv5") if op[s] != "bn"]
+    for b in block_names():
+        if (op[f"{b}.end"], op[f"{b}.post"]) not in (("bn", "none"), ("bn", "in"), ("in", "none")):
+            bad.append(f"{b}.end={op[f'{b}.end']}/{b}.post={op[f'{b}.post']}")
+    if bad:
+        raise OsnasError(f"torchreid export: no torchreid OSNet has this normalisation: {_list(bad)}")
+    if not isinstance(getattr(model, "head", None), ReferenceHead):
+        raise OsnasError(f"torchreid export: torchreid has no {getattr(model, 'head_type', '?')} head "
+                         f"(only the reference fc + classifier head)")
+    if layout is None:
+        layout = "ain" if any(op[f"{b}.end"] == "in" for b in block_names()) else "plain"
+    if layout not in ("plain", "ain"):
+        raise OsnasError(f"torchreid export: unknown layout {layout!r}; expected plain or ain")
+
+    src = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def put(dst: str, prefix: str) -> None:
+        """Every model tensor under `prefix.` (in the model's order), renamed to `dst.`."""
+        for k, v in src.items():
+            if k.startswith(prefix + "."):
+                out[dst + k[len(prefix):]] = v.detach().clone()
+                used.add(k)
+
+    put("conv1.conv", "conv1.conv")
+    put("conv1.bn", f"conv1.norm.ops.{op['stem']}")
+    letters = "abcd"
+    for s, stage in enumerate(STAGES):
+        for i in range(BLOCKS_PER_STAGE):
+            b = f"{stage}.{i}"
+            put(f"{b}.conv1", f"{b}.conv1")
+            for t in range(T_STREAMS):
+                if layout == "ain":
+                    put(f"{b}.conv2.{t}", f"{b}.conv2.{t}")
+                elif t == 0:
+                    put(f"{b}.conv2{letters[t]}", f"{b}.conv2.{t}.layers.0")
+                else:
+                    put(f"{b}.conv2{letters[t]}", f"{b}.conv2.{t}.layers")
+            put(f"{b}.gate", f"{b}.gate")
+            put(f"{b}.conv3.conv", f"{b}.conv3")
+            if op[f"{b}.end"] == "bn":
+                put(f"{b}.conv3.bn", f"{b}.end.ops.bn")
+            put(f"{b}.downsample", f"{b}.downsample")
+            if op[f"{b}.end"] == "in":
+                put(f"{b}.IN", f"{b}.end.ops.in")
+            elif op[f"{b}.post"] == "in":
+                put(f"{b}.IN", f"{b}.post.ops.in")
+        if s < 2:
+            unit = f"pool{s + 2}"
+            dst = f"{unit}.0" if layout == "ain" else f"{stage}.2.0"
+            put(f"{dst}.conv", f"{unit}.conv")
+            put(f"{dst}.bn", f"{unit}.norm.ops.bn")
+    put("conv5.conv", "conv5.conv")
+    put("conv5.bn", "conv5.norm.ops.bn")
+    put("fc", "head.fc")
+    put("classifier", "head.classifier")
+    left = [k for k in src if k not in used]
+    if left or len(out) != len(src):
+        raise OsnasError(f"torchreid export: model tensors without a torchreid name: {_list(left)}")
+    return out

@@ -22,6 +22,7 @@ from typing import Callable, List
 import torch
 
 from osnas.errors import OsnasError
+from osnas.training import check_finite
 
 ORDERS = ("first", "second", "single")
 
@@ -67,7 +68,7 @@ class Architect:
         loss = self.reduce([loss.detach().reshape(1)])[0][0]
         if not torch.isfinite(loss) or not all(torch.isfinite(a.grad).all() for a in self.alphas):
             self.opt.zero_grad(set_to_none=True)
-            _check_finite(loss * float("nan") if torch.isfinite(loss) else loss)
+            check_finite(float("nan"), "the alpha step (loss or alpha gradient)")
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.alphas, self.grad_clip)
         self.opt.step()
@@ -129,13 +130,6 @@ class Architect:
 def _fill(grads, params) -> List[torch.Tensor]:
     """autograd.grad with allow_unused gives None for untouched tensors: use zeros."""
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-
-
-def _check_finite(loss: torch.Tensor) -> None:
-    if not torch.isfinite(loss):
-        from osnas.errors import NaNLossError
-
-        raise NaNLossError(f"non-finite alpha-step loss ({float(loss.detach())}); stopping with the last good checkpoint kept")
 
 
 def _save_buffers(model) -> List[torch.Tensor]:

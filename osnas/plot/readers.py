@@ -6,16 +6,15 @@ was expected. A torn last line of a JSONL file (a run killed mid-write) is dropp
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import numpy as np
-import yaml
 
 from osnas.errors import OsnasError
+from osnas.utils import load_yaml, read_json, read_jsonl
 
 NON_LOSS_KEYS = {"epoch", "lr", "acc", "fixbase"}
 
@@ -37,7 +36,7 @@ class History:
 class SearchRun:
     path: Path
     meta: dict                           # run.json
-    space: object                        # osnas.search.space.SearchSpace
+    space: object                        # osnas.models.space.SearchSpace
     history: History
     final: Dict[str, Dict[str, float]]   # position -> {candidate: p}, space order
     choices: Dict[str, str]              # position -> chosen candidate
@@ -90,41 +89,8 @@ Run = Union[SearchRun, RetrainRun, EvalFolder]
 
 
 # ----------------------------------------------------------------------------- files
-def read_jsonl(path: Path, what: str) -> List[dict]:
-    """Rows of a JSONL file; a torn last line is dropped; empty or missing is an error."""
-    if not path.is_file():
-        raise OsnasError(f"{path}: {what} not found")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise OsnasError(f"{path}: cannot read {what} ({e})") from None
-    numbered = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
-    rows = []
-    for k, (i, ln) in enumerate(numbered):
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:
-            if k == len(numbered) - 1 and rows:
-                break  # torn last line of a killed run
-            raise OsnasError(f"{path}: line {i + 1} is not valid JSON (expected one {what} row per line)") from None
-        if not isinstance(row, dict):
-            raise OsnasError(f"{path}: line {i + 1}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    if not rows:
-        raise OsnasError(f"{path}: {what} is empty (no complete row yet)")
-    return rows
-
-
 def _read_mapping(path: Path, what: str) -> dict:
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            d = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-            raise OsnasError(f"{path}: not a valid {what} ({str(e).splitlines()[0]})") from None
-    else:
-        from osnas.utils import read_json  # (imports torch: only once a file is really read)
-
-        d = read_json(path, what)
+    d = load_yaml(path, what) if path.suffix in (".yaml", ".yml") else read_json(path, what)
     if not isinstance(d, dict):
         raise OsnasError(f"{path}: expected a {what} holding a mapping, got {type(d).__name__}")
     return d
@@ -165,7 +131,7 @@ def load_run(path) -> Run:
 
 
 def _load_space(p: Path, meta: dict):
-    from osnas.search.space import load_space
+    from osnas.models.space import load_space
 
     sp = p / "space.yaml"
     if sp.is_file():

@@ -15,18 +15,21 @@ file goes into every artifact (alpha history, checkpoints, genotypes).
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-import yaml
 
 from osnas.errors import OsnasError
+from osnas.models.relax import RELAXATIONS
+from osnas.utils import load_yaml
 from osnas.models.osnet import SITE_OPS, block_names, default_plan, norm_sites, site_kind, site_unit
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The built-in spaces ship inside the package (osnas/search_spaces/*.yaml; the checkout's
+# top-level search_spaces/ points there), so a normal, non-editable install finds them too.
+SPACES_DIR = Path(str(importlib.resources.files("osnas") / "search_spaces"))
 TOP_KEYS = {"name", "description", "relaxation", "fixed", "positions", "definitions"}
-RELAXATIONS = ("softmax", "gumbel", "sigmoid")
 
 
 @dataclass
@@ -109,13 +112,8 @@ def load_space(name_or_path) -> SearchSpace:
             raise OsnasError(f"unknown search space {s!r}; valid names: {', '.join(list_spaces())} (or a YAML file)")
     if not path.is_file():
         raise OsnasError(f"{path}: search space file not found")
+    d = load_yaml(path, "search space file")
     raw = path.read_bytes()
-    try:
-        d = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise OsnasError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e})") from None
     try:
         space = parse_space(d)
     except OsnasError as e:

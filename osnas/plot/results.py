@@ -13,8 +13,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from osnas.plots.common import WARMUP_COLOR, new_figure, series_colors, spans
-from osnas.plots.readers import NON_LOSS_KEYS, Metrics, RetrainRun
+from osnas.plot.common import WARMUP_COLOR, new_figure, series_colors, spans
+from osnas.plot.readers import NON_LOSS_KEYS, Metrics, RetrainRun
 
 MATCH, MISS, QUERY = "#2ca02c", "#d62728", "#1f77b4"
 

@@ -10,8 +10,6 @@ sigmoid  binary positions: alpha is one scalar, w = [1 - s, s] with s = sigmoid(
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -56,7 +54,3 @@ def gumbel_tau(epoch: int, tau_init: float, decay_every: int, factor: float, tau
     if decay_every <= 0:
         return tau_init
     return max(tau_min, tau_init * factor ** (epoch // decay_every))
-
-
-def max_entropy(n: int) -> float:
-    return math.log(n)

@@ -16,6 +16,8 @@ from typing import Dict, Optional
 import yaml
 
 from osnas.errors import OsnasError
+from osnas.models.relax import entropy
+from osnas.utils import atomic_write_text, load_yaml
 from osnas.models.osnet import WIDTHS, check_plan, default_plan, norm_sites
 
 
@@ -25,7 +27,8 @@ def _plan(**sites) -> Dict[str, str]:
     return p
 
 
-# The published models (REFERENCE.md section 2).
+# The published models (Zhou et al., "Learning Generalisable Omni-Scale Representations for Person
+# Re-Identification", TPAMI 2021: OSNet-IBN and the searched OSNet-AIN).
 NAMED = {
     "osnet": _plan(),
     # IN in the stem and after the residual addition in both conv2 blocks
@@ -66,8 +69,6 @@ class Genotype:
         return d
 
     def save(self, path: str | Path) -> Path:
-        from osnas.utils import atomic_write_text
-
         path = Path(path)
         d = self.to_dict()
         text = json.dumps(d, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
@@ -89,8 +90,6 @@ def load_genotype(path_or_name: str | Path) -> Genotype:
     path = Path(s)
     if not path.exists():
         raise OsnasError(f"{path}: genotype file not found (named genotypes: {', '.join(NAMED)})")
-    from osnas.config import load_yaml
-
     d = load_yaml(path, "genotype file")  # YAML is a superset of JSON
     if not isinstance(d, dict) or "plan" not in d or not isinstance(d["plan"], dict):
         raise OsnasError(f"{path}: not a genotype file (expected a mapping with a 'plan' of site: op)")
@@ -106,66 +105,15 @@ def load_genotype(path_or_name: str | Path) -> Genotype:
         raise OsnasError(f"{path}: malformed genotype ({e})") from None
 
 
-# ----------------------------------------------------------------------------- derive
-def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Genotype:
-    """The argmax genotype of a search run, from its checkpoint's alphas.
-
-    The run's own space.yaml (a copy of the space searched) is used, and its hash must match
-    the checkpoint's: a genotype never silently comes from a different space.
-    """
-    import torch
-
-    from osnas.search import relax
-    from osnas.search.space import load_space
-    from osnas.utils import load_checkpoint
-
-    run = Path(run)
-    if not run.is_dir():
-        raise OsnasError(f"{run}: search run folder not found")
-    ck_path = Path(checkpoint) if checkpoint else run / "checkpoint.pth"
-    ck = load_checkpoint(ck_path, "search checkpoint")
-    for key in ("model", "space_sha256", "positions", "relaxation"):
-        if key not in ck:
-            raise OsnasError(f"{ck_path}: not a search checkpoint (missing {key!r})")
-    space_file = run / "space.yaml"
-    if not space_file.is_file():
-        raise OsnasError(f"{space_file}: the run's copy of its search space is missing")
-    space = load_space(space_file)
-    if space.sha256 != ck["space_sha256"]:
-        raise OsnasError(f"{space_file}: search space hash {space.sha256[:12]} does not match the checkpoint's "
-                         f"{ck['space_sha256'][:12]}; the space file was changed after the search")
-    names = [p.name for p in space.positions]
-    if names != list(ck["positions"]):
-        raise OsnasError(f"{ck_path}: positions {ck['positions']} do not fit space {space.name} ({names})")
-    alphas = [ck["model"].get(f"alphas.{i}") for i in range(len(names))]
-    if any(a is None for a in alphas):
-        raise OsnasError(f"{ck_path}: alphas missing from the checkpoint")
+def genotype_from_probs(space, probs, arch: str = "", shared: bool = True, **meta) -> Genotype:
+    """The argmax architecture of per-position probabilities (one tensor per position of
+    `space`, a SearchSpace), recording each position's choice, probabilities and entropy."""
     choices, positions = {}, {}
-    for p, a in zip(space.positions, alphas):
-        pr = relax.probs(a.float(), ck["relaxation"])
-        if pr.numel() != len(p.candidates) or not torch.isfinite(pr).all():
-            raise OsnasError(f"{ck_path}: alphas of position {p.name} do not fit its {len(p.candidates)} candidates")
+    for p, pr in zip(space.positions, probs):
         c = p.names[int(pr.argmax())]
         choices[p.name] = c
         positions[p.name] = {"choice": c, "probs": {n: round(float(v), 6) for n, v in zip(p.names, pr)},
-                             "entropy": round(relax.entropy(pr), 6)}
-    shared = ck.get("shared", True)
-    return Genotype(plan=space.plan_for(choices), name=f"searched-{space.name}", arch=ck.get("arch", ""),
-                    space=space.name, space_hash=space.sha256, positions=positions,
-                    sources=list(ck.get("sources", [])), seed=ck.get("seed"), step=ck.get("global_step"),
-                    nonshared={} if shared else {p.unit: choices[p.name] for p in space.positions})
-
-
-def run_derive(run, out=None, checkpoint=None) -> Path:
-    g = derive_from_run(run, checkpoint)
-    path = Path(out) if out else Path(run) / "genotype.yaml"
-    g.save(path)
-    import sys
-
-    width = max(len(k) for k in g.positions)
-    print(f"genotype of {run} ({g.space}, step {g.step}, sources {','.join(g.sources)}):", file=sys.stderr)
-    for k, v in g.positions.items():
-        print(f"  {k:<{width}}  {v['choice']:<8} p={v['probs'][v['choice']]:.3f}  H={v['entropy']:.3f}", file=sys.stderr)
-    print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=sys.stderr)
-    print(str(path))
-    return path
+                             "entropy": round(entropy(pr), 6)}
+    return Genotype(plan=space.plan_for(choices), arch=arch, space=space.name, space_hash=space.sha256,
+                    positions=positions, nonshared={} if shared else {p.unit: choices[p.name] for p in space.positions},
+                    **meta)

@@ -108,7 +108,3 @@ def save_figure(fig: Figure, path: Path, fmt: str) -> Path:
         fig.savefig(buf, format=fmt, dpi=DPI, metadata=meta)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def pct(v: float) -> str:
-    return f"{100 * v:.1f}"

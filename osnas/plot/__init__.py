@@ -8,7 +8,7 @@ What is drawn depends on what each folder holds:
   --metrics    results (mean ± std over files sharing model labels) and retrieval_<target>
 With several runs, per-run figures get the run folder's name as suffix (alpha_heatmap_run1.png).
 Figures go to --out (default RUN/plots for one run, else ./plots); each written path is printed.
-The building blocks live in osnas/plots/ (readers, search, results).
+The building blocks live beside this file (readers, search, results, common).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from osnas.errors import OsnasError
-from osnas.plots.readers import Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
+from osnas.plot.readers import Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
 
 FORMATS = ("png", "svg")
 
@@ -25,7 +25,7 @@ __all__ = ["run_plot", "load_inputs", "iter_figures"]
 
 
 def _label_runs(runs: list) -> None:
-    from osnas.plots.common import unique_slugs
+    from osnas.plot.common import unique_slugs
 
     slugs = unique_slugs([r.path for r in runs])
     search = [r for r in runs if isinstance(r, SearchRun)]
@@ -54,9 +54,9 @@ def load_inputs(runs: Sequence[str], metrics: Sequence[str] = ()) -> Tuple[list,
 
 def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "Figure"]]:  # noqa: F821
     """(file stem, matplotlib Figure) pairs, drawn one at a time."""
-    from osnas.plots import results as R
-    from osnas.plots import search as S
-    from osnas.plots.common import slug
+    from osnas.plot import results as R
+    from osnas.plot import search as S
+    from osnas.plot.common import slug
 
     search = [r for r in loaded if isinstance(r, SearchRun)]
     retrain = [r for r in loaded if isinstance(r, RetrainRun)]
@@ -103,7 +103,7 @@ def run_plot(runs: Sequence[str], out: Optional[str] = None, fmt: str = "png",
     out_dir = Path(out) if out else (Path(runs[0]) / "plots" if len(runs) == 1 else Path("plots"))
     if out_dir.exists() and not out_dir.is_dir():
         raise OsnasError(f"{out_dir}: --out must be a folder, got a file")
-    from osnas.plots import common  # matplotlib only once the inputs are valid
+    from osnas.plot import common  # matplotlib only once the inputs are valid
 
     written: List[str] = []
     for name, fig in iter_figures(loaded, files):

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 
 from osnas.errors import OsnasError
-from osnas.genotypes import Genotype
+from osnas.models.genotype import Genotype, genotype_from_probs
 from osnas.models.osnet import WIDTHS, OSNet, derived_state_dict, site_unit
-from osnas.search import relax
-from osnas.search.space import SearchSpace, load_space
+from osnas.models import relax
+from osnas.models.space import SearchSpace, load_space
 
 
 class Supernet(nn.Module):
@@ -107,15 +107,8 @@ class Supernet(nn.Module):
         return out
 
     def genotype(self, **meta) -> Genotype:
-        choices = self.choices()
-        positions = {}
-        for p, pr in zip(self.positions, self.probs()):
-            positions[p.name] = {"choice": choices[p.name],
-                                 "probs": {c: round(float(v), 6) for c, v in zip(p.names, pr)},
-                                 "entropy": round(relax.entropy(pr), 6)}
-        return Genotype(plan=self.space.plan_for(choices), arch=self.arch, space=self.space.name,
-                        space_hash=self.space.sha256, positions=positions,
-                        nonshared={} if self.shared else {p.unit: choices[p.name] for p in self.positions}, **meta)
+        """The argmax architecture of the current alphas, with their probabilities."""
+        return genotype_from_probs(self.space, self.probs(), arch=self.arch, shared=self.shared, **meta)
 
     def derived_state_dict(self, genotype: Genotype) -> dict:
         """Weights of the derived network (load into build_model(genotype) with strict=True)."""

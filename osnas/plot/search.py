@@ -17,9 +17,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from osnas.plots.common import (CHOSEN_COLOR, WARMUP_COLOR, candidate_colors, grid_shape, new_figure,
+from osnas.plot.common import (CHOSEN_COLOR, WARMUP_COLOR, candidate_colors, grid_shape, new_figure,
                                 series_colors, shade_warmup)
-from osnas.plots.readers import SearchRun
+from osnas.plot.readers import SearchRun
 
 
 def _uniform(space) -> bool:

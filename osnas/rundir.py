@@ -1,0 +1,41 @@
+"""The run-folder schema: every file a stage writes or reads, and what its checkpoints hold.
+
+Stages talk only through these files, so each arrow of the pipeline can be re-run alone:
+
+    search            config.yaml, run.json, space.yaml (the space searched, byte for byte),
+                      alphas.jsonl (one row per step), checkpoint.pth, final_alphas.json, log.txt
+    derive            genotype.yaml (or the --out file): see osnas.models.genotype.Genotype
+    retrain           config.yaml, run.json, genotype.yaml, train_log.jsonl (one row per epoch),
+                      checkpoint.pth, log.txt
+    eval-crossdomain  metrics.json, results.md, log.txt
+    plot              plots/*.png|svg
+"""
+
+CONFIG = "config.yaml"  # the resolved configuration (osnas.config.Config)
+RUN_JSON = "run.json"  # stage, sources, seed, ... (what `osnas plot` reads to know the folder)
+LOG = "log.txt"
+CHECKPOINT = "checkpoint.pth"
+
+# search
+SPACE = "space.yaml"
+ALPHA_HISTORY = "alphas.jsonl"  # row keys: step, epoch, tau, loss_w, loss_a, alphas, probs, entropy
+FINAL_ALPHAS = "final_alphas.json"  # the argmax genotype at the end of the search (a Genotype dict)
+SEARCH_RESUME_KEYS = ("model", "w_opt", "a_opt", "streams", "rng", "epoch", "step_in_epoch", "global_step")
+SEARCH_META_KEYS = ("space", "space_sha256", "arch", "shared", "relaxation", "positions", "sources", "seed")
+
+# derive and retrain
+GENOTYPE = "genotype.yaml"
+TRAIN_LOG = "train_log.jsonl"  # row keys: epoch, lr, fixbase, acc, and one per loss term
+RETRAIN_RESUME_KEYS = ("model", "optimizer", "rng", "epoch", "step_in_epoch")
+# what a retrain checkpoint holds to rebuild its network anywhere (osnas.models.checkpoint),
+# and the input it was trained on (eval-crossdomain's default size and normalisation)
+MODEL_SPEC_KEYS = ("genotype", "arch", "head", "feature_dim", "last_stride", "num_classes")
+INPUT_SPEC_KEYS = ("input_size", "mean", "std")
+
+# eval-crossdomain
+METRICS = "metrics.json"
+RESULTS_MD = "results.md"
+EVAL_DIR = "eval"  # default eval folder inside a retrain run
+
+# plot
+PLOTS_DIR = "plots"

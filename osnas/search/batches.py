@@ -1,0 +1,92 @@
+"""What feeds each step of the search: a weight batch and an alpha batch, per source domain.
+
+    heldout  each identity's images are split: the weight step trains on one part of every
+             source, the alpha step is judged on the other part (the same identities).
+    lodo     leave-one-domain-out: at step t source t mod N is held out; the weight step sees
+             the other N-1 sources (an equal PK sub-batch from each), the alpha step only the
+             held-out one, so alphas are rewarded for what transfers across domains.
+
+Batches are lists of (image index, augmentation seed) keys drawn from endless per-domain
+PK streams whose positions are checkpointed, so a resumed search sees the same pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from osnas.data import MultiSource, PKSampler, read_image, split_heldout
+from osnas.errors import OsnasError
+from osnas.training import BatchStream, SeededDataset, concat_keys, derive_seed
+
+OBJECTIVES = ("heldout", "lodo")
+
+
+class SearchBatches:
+    """The union of the sources, split for the search, and the batch streams of both steps."""
+
+    def __init__(self, union: MultiSource, objective: str, batch_size: int, num_instances: int, transform,
+                 seed: int, val_fraction: float = 0.3, rank: int = 0, world_size: int = 1):
+        """union: the sources (osnas.data.build_multisource); objective: heldout | lodo;
+        batch_size: images per step and process (split into per-domain PK sub-batches of
+        num_instances images per identity); transform: the training augmentation."""
+        if objective not in OBJECTIVES:
+            raise OsnasError(f"search.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        self.union = union
+        self.domains = list(self.union.domain_names)
+        nd = len(self.domains)
+        if objective == "lodo" and nd < 2:
+            raise OsnasError(f"search.objective=lodo needs at least 2 source domains, got {self.domains}; "
+                             "add sources or use --set search.objective=heldout")
+        items = self.union.train
+        if objective == "heldout":
+            train, val = split_heldout(items, val_fraction, seed)
+        else:
+            train, val = items, []
+        self.items = list(train) + list(val)
+        n_train = len(train)
+        self.dataset = SeededDataset(self.items, transform, read_image)
+        K = num_instances
+        # weight batches are domain-balanced over the domains they draw from; each draw is a
+        # PK sub-batch of one domain; DDP ranks draw disjoint shards of the same batches
+        self.wsize = batch_size // (nd - 1 if objective == "lodo" else nd)
+        self.asize = batch_size if objective == "lodo" else batch_size // nd
+        for name, size in (("weight", self.wsize), ("alpha", self.asize)):
+            if size < 2 * K or size % K:
+                raise OsnasError(f"data.batch_size={batch_size} gives {name} sub-batches of {size} images per "
+                                 f"domain: need a multiple of data.num_instances={K} with at least 2 identities")
+
+        def make_sampler(pids, batch_size, k, sd):
+            return PKSampler(pids, batch_size=batch_size, num_instances=k, seed=sd, rank=rank, world_size=world_size)
+
+        self.streams: Dict[str, BatchStream] = {}
+        for di, dn in enumerate(self.domains):
+            tr = [i for i in range(n_train) if self.items[i][3] == di]
+            self.streams[f"w{di}"] = BatchStream(f"{dn}/train", tr, [self.items[i][1] for i in tr], self.wsize, K,
+                                                 derive_seed(seed, "w", di), make_sampler)
+            a_idx = tr if objective == "lodo" else [i for i in range(n_train, len(self.items)) if self.items[i][3] == di]
+            self.streams[f"a{di}"] = BatchStream(f"{dn}/alpha", a_idx, [self.items[i][1] for i in a_idx], self.asize,
+                                                 K, derive_seed(seed, "a", di), make_sampler)
+        self.objective = objective
+        self.num_classes = self.union.num_classes
+
+    def plan_steps(self, global_step: int, n: int) -> List[List]:
+        """The batches (as (index, seed) keys) of the next n steps: [weight, alpha] per step."""
+        out = []
+        nd = len(self.domains)
+        for t in range(global_step, global_step + n):
+            if self.objective == "lodo":
+                held = t % nd
+                w = concat_keys([self.streams[f"w{di}"].next() for di in range(nd) if di != held])
+                a = self.streams[f"a{held}"].next()
+            else:
+                w = concat_keys([self.streams[f"w{di}"].next() for di in range(nd)])
+                a = concat_keys([self.streams[f"a{di}"].next() for di in range(nd)])
+            out += [w, a]
+        return out
+
+    def state_dict(self) -> dict:
+        return {k: s.state() for k, s in self.streams.items()}
+
+    def load_state_dict(self, st: dict) -> None:
+        for k, s in self.streams.items():
+            s.load_state(st[k])
