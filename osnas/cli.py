@@ -33,10 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=None, help="search space name or YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    p = sub.add_parser("derive", help="freeze a search run's argmax architecture into a genotype file")
-    p.add_argument("--run", required=True, help="search run folder")
-    p.add_argument("--out", default=None, help="genotype file to write (default RUN/genotype.yaml)")
+    p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
+    p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
+    p.add_argument("--select", default=None, metavar="METHOD",
+                   help="argmax (default for one run) | perturb | consensus (default for several runs)")
+    p.add_argument("--out", default=None,
+                   help="genotype file to write (default RUN/genotype.yaml; required with several runs)")
     p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")
+    p.add_argument("--batches", type=int, default=4, help="perturb: alpha-step batches per source to score on")
+    p.add_argument("--order", default="fixed", metavar="ORDER",
+                   help="perturb: fixed (positions in the space's order) | greedy (largest best drop first)")
+    p.add_argument("--data-root", default=None, help="perturb: datasets folder (default: the run's own)")
+    p.add_argument("--device", default="auto", help="perturb: auto | cpu | cuda[:N]")
 
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
@@ -111,7 +119,8 @@ def dispatch(args: argparse.Namespace) -> int:
     elif cmd == "derive":
         from osnas.derive import run_derive
 
-        run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint)
+        run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint, select=args.select, batches=args.batches,
+                   order=args.order, data_root=args.data_root, device=args.device)
     elif cmd == "retrain":
         from osnas.retrain import run_retrain
 

@@ -68,13 +68,16 @@ class SearchConfig:
     tau_factor: float = 0.5
     tau_min: float = 1.0
     order: str = "first"  # first | second (bilevel) | single (single-level, the reference)
-    objective: str = "lodo"  # heldout | lodo (leave-one-domain-out)
+    objective: str = "lodo"  # heldout | lodo (leave-one-domain-out) | unseen (one source never trained on)
+    unseen_domain: str = ""  # objective=unseen: the source kept out of every weight step ("" = the last source)
     alpha_loss: str = "id"  # id | triplet | both
     val_fraction: float = 0.3  # share of each identity's images held out for the alpha step
     alpha_init: float = 0.0  # alphas start equal (softmax of zeros = uniform)
     alpha_lr: float = 3e-3
     alpha_betas: list = field(default_factory=lambda: [0.5, 0.999])
     alpha_weight_decay: float = 0.0
+    alpha_every: int = 1  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
+    entropy_weight: float = 0.0  # alpha loss + w * mean position entropy, w ramped 0 -> entropy_weight over the alpha epochs
     optimizer: str = "sgd"  # weight optimiser
     lr: float = 0.05
     momentum: float = 0.9

@@ -4,7 +4,9 @@ One weight step (forward + backward + SGD) of the `osnet_ain_blocks` supernet at
 batch 16, 256x128, against a plain OSNet x1.0 step; the non-shared supernet (the
 reference: a whole block per candidate) for comparison; and the alpha step's cost for
 first and second order. Configurations are measured round-robin (best of N each) so load
-from other processes hits them alike. Target: shared supernet <= 1.2x plain.
+from other processes hits them alike. Targets: shared supernet weight step <= 1.2x plain;
+a whole search step (weight step + alpha step, the alpha step amortised over
+`search.alpha_every` weight steps) <= 1.5x plain.
 
     python experiments/benchmarks/bench_search_step.py [--arch osnet_x1_0] [--batch 16] [--repeats 5] [--json F]
 """
@@ -76,6 +78,10 @@ def main():
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)
     base = best["weight step: plain OSNet"]
+    for order in ("first", "second"):  # a whole search step, from the parts measured above
+        for every in (1, 2, 3):
+            best[f"search step: {order}-order, alpha_every={every}"] = (
+                best["weight step: supernet (shared)"] + best[f"alpha step: {order}-order"] / every)
     print(f"{a.arch}, batch {a.batch}, {a.height}x{a.width}, {torch.get_num_threads()} threads, best of {a.repeats}")
     print(f"{'step':<48} {'seconds':>8} {'x plain':>8}")
     for k, v in best.items():

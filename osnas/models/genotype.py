@@ -2,8 +2,10 @@
 
 A genotype holds the op of every normalisation site (`plan`), the width it was searched at,
 and where it came from: search space name and hash, per-position choices with their
-probabilities and entropy, sources, seed and step. Named genotypes give the published
-models (osnet, osnet_ibn, osnet_ain) so every comparison runs through the same path.
+probabilities and entropy, sources, seed and step, and how it was selected from which runs
+(`select`, `agreement`, `runs`; files older than these fields load with them empty). Named
+genotypes give the published models (osnet, osnet_ibn, osnet_ain) so every comparison runs
+through the same path.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class Genotype:
     seed: Optional[int] = None
     step: Optional[int] = None
     nonshared: dict = field(default_factory=dict)  # unit -> chosen candidate (non-shared supernets)
+    # how `osnas derive` chose (osnas.derive): the selection method (argmax | perturb | consensus;
+    # '' = not derived, e.g. a named genotype or a file written before these fields existed), per
+    # position the fraction of the runs used whose own choice is this genotype's, and those runs
+    select: str = ""
+    agreement: dict = field(default_factory=dict)  # position -> fraction of runs agreeing (1.0 for one run)
+    runs: list = field(default_factory=list)  # the search run folders the genotype was derived from
 
     def __post_init__(self):
         full = check_plan(self.plan)

@@ -4,7 +4,12 @@
              source, the alpha step is judged on the other part (the same identities).
     lodo     leave-one-domain-out: at step t source t mod N is held out; the weight step sees
              the other N-1 sources (an equal PK sub-batch from each), the alpha step only the
-             held-out one, so alphas are rewarded for what transfers across domains.
+             held-out one, so alphas are rewarded for what transfers across domains. Every
+             source still trains the weights (and the classifier) on the other steps.
+    unseen   one source is kept out of every weight step for the whole search; the alpha
+             step is judged on it alone. Its identities are unknown to the classifier, so it
+             is scored with a metric loss (search.alpha_loss=triplet): the alphas are judged
+             on data the weights never train on, as a held-out target would judge them.
 
 Batches are lists of (image index, augmentation seed) keys drawn from endless per-domain
 PK streams whose positions are checkpointed, so a resumed search sees the same pixels.
@@ -18,25 +23,39 @@ from osnas.data import MultiSource, PKSampler, read_image, split_heldout
 from osnas.errors import OsnasError
 from osnas.training import BatchStream, SeededDataset, concat_keys, derive_seed
 
-OBJECTIVES = ("heldout", "lodo")
+OBJECTIVES = ("heldout", "lodo", "unseen")
 
 
 class SearchBatches:
     """The union of the sources, split for the search, and the batch streams of both steps."""
 
     def __init__(self, union: MultiSource, objective: str, batch_size: int, num_instances: int, transform,
-                 seed: int, val_fraction: float = 0.3, rank: int = 0, world_size: int = 1):
-        """union: the sources (osnas.data.build_multisource); objective: heldout | lodo;
+                 seed: int, val_fraction: float = 0.3, rank: int = 0, world_size: int = 1, unseen: str = ""):
+        """union: the sources (osnas.data.build_multisource); objective: heldout | lodo | unseen;
         batch_size: images per step and process (split into per-domain PK sub-batches of
-        num_instances images per identity); transform: the training augmentation."""
+        num_instances images per identity); transform: the training augmentation;
+        unseen: objective=unseen: the source kept out of the weight steps ("" = the last)."""
         if objective not in OBJECTIVES:
             raise OsnasError(f"search.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         self.union = union
         self.domains = list(self.union.domain_names)
         nd = len(self.domains)
-        if objective == "lodo" and nd < 2:
-            raise OsnasError(f"search.objective=lodo needs at least 2 source domains, got {self.domains}; "
+        if objective in ("lodo", "unseen") and nd < 2:
+            raise OsnasError(f"search.objective={objective} needs at least 2 source domains, got {self.domains}; "
                              "add sources or use --set search.objective=heldout")
+        self.unseen = None
+        if objective == "unseen":
+            from osnas.data import canonical_name
+
+            name = unseen or self.domains[-1]
+            if name not in self.domains:
+                try:
+                    name = canonical_name(name)  # an alias (duke, market, ...)
+                except OsnasError:
+                    pass
+            if name not in self.domains:
+                raise OsnasError(f"search.unseen_domain={unseen!r} is not one of the sources ({', '.join(self.domains)})")
+            self.unseen = self.domains.index(name)
         items = self.union.train
         if objective == "heldout":
             train, val = split_heldout(items, val_fraction, seed)
@@ -48,8 +67,8 @@ class SearchBatches:
         K = num_instances
         # weight batches are domain-balanced over the domains they draw from; each draw is a
         # PK sub-batch of one domain; DDP ranks draw disjoint shards of the same batches
-        self.wsize = batch_size // (nd - 1 if objective == "lodo" else nd)
-        self.asize = batch_size if objective == "lodo" else batch_size // nd
+        self.wsize = batch_size // (nd if objective == "heldout" else nd - 1)
+        self.asize = batch_size // nd if objective == "heldout" else batch_size
         for name, size in (("weight", self.wsize), ("alpha", self.asize)):
             if size < 2 * K or size % K:
                 raise OsnasError(f"data.batch_size={batch_size} gives {name} sub-batches of {size} images per "
@@ -63,7 +82,7 @@ class SearchBatches:
             tr = [i for i in range(n_train) if self.items[i][3] == di]
             self.streams[f"w{di}"] = BatchStream(f"{dn}/train", tr, [self.items[i][1] for i in tr], self.wsize, K,
                                                  derive_seed(seed, "w", di), make_sampler)
-            a_idx = tr if objective == "lodo" else [i for i in range(n_train, len(self.items)) if self.items[i][3] == di]
+            a_idx = tr if objective != "heldout" else [i for i in range(n_train, len(self.items)) if self.items[i][3] == di]
             self.streams[f"a{di}"] = BatchStream(f"{dn}/alpha", a_idx, [self.items[i][1] for i in a_idx], self.asize,
                                                  K, derive_seed(seed, "a", di), make_sampler)
         self.objective = objective
@@ -74,8 +93,8 @@ class SearchBatches:
         out = []
         nd = len(self.domains)
         for t in range(global_step, global_step + n):
-            if self.objective == "lodo":
-                held = t % nd
+            if self.objective in ("lodo", "unseen"):
+                held = t % nd if self.objective == "lodo" else self.unseen
                 w = concat_keys([self.streams[f"w{di}"].next() for di in range(nd) if di != held])
                 a = self.streams[f"a{held}"].next()
             else:

@@ -7,7 +7,8 @@ Every step, as in DARTS (Liu et al., ICLR 2019):
      images of the same identities, or the held-out source domain (batches.py);
   2. a weight step on the training batch of the other sources.
 With `search.order=single` (the reference search) the alphas follow the training loss itself.
-Alphas are frozen for the first `search.warmup_epochs`. The run folder (osnas.rundir) gets
+Alphas are frozen for the first `search.warmup_epochs`, then step every `search.alpha_every`
+weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss. The run folder (osnas.rundir) gets
 config.yaml, space.yaml, run.json, alphas.jsonl (every step), checkpoint.pth, final_alphas.json;
 the session around the loop (osnas.session) handles resume, saves, Ctrl-C and NaN stops.
 """
@@ -58,20 +59,16 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                          log_cut=("step", "global_step"), resume_keys=SEARCH_RESUME_KEYS,
                          continue_cmd=f"osnas search --out {run_dir} --resume",
                          check=lambda ck: _check_same_search(ck, space, cfg, run_dir / CHECKPOINT)) as run:
-        data = SearchBatches(build_multisource(d.sources, data_root(d.root), skip_unparsable=d.skip_unparsable,
-                                               combine_all=d.combine_all),
-                             s.objective, d.batch_size, d.num_instances, transforms_from_config(d, train=True),
-                             run.seed, s.val_fraction, ctx.rank, ctx.world_size)
-        model = Supernet(space, arch=cfg.model.arch, num_classes=data.num_classes, head=cfg.model.head,
-                         feature_dim=cfg.model.feature_dim, last_stride=cfg.model.last_stride, shared=s.shared,
-                         relaxation=s.relaxation, alpha_init=s.alpha_init).to(run.device)
+        data = search_batches(cfg, run.seed, ctx.rank, ctx.world_size)
+        model = search_supernet(cfg, space, data.num_classes).to(run.device)
         if ctx.distributed and cfg.run.sync_bn:
             model.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.net)
         w_opt = build_optimizer(model.weight_parameters(), s.optimizer, s.lr, s.weight_decay, s.momentum)
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.alpha_lr, betas=tuple(s.alpha_betas),
                                  weight_decay=s.alpha_weight_decay)
         loss_w_fn = make_loss_fn("id" if s.alpha_loss == "triplet" else s.alpha_loss, s.label_smooth, s.margin)
-        loss_a_fn = make_loss_fn(s.alpha_loss, s.label_smooth, s.margin)
+        entropy_w = [0.0]  # the entropy term's weight, ramped up over the alpha epochs
+        loss_a_fn = with_entropy(make_loss_fn(s.alpha_loss, s.label_smooth, s.margin), model, entropy_w)
         wrapped = dist.wrap(model, ctx)  # DDP averages weight (and alpha) gradients of the weight step
         architect = Architect(model, loss_a_fn, a_opt, order=s.order, w_optimizer=w_opt, grad_clip=s.grad_clip,
                               reduce_fn=(lambda gs: dist.allreduce_mean(gs, ctx)) if ctx.distributed else None)
@@ -95,6 +92,8 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
         while epoch < s.epochs:
             model.tau = relax.gumbel_tau(epoch, s.tau_init, s.tau_decay_every, s.tau_factor, s.tau_min) \
                 if model.relaxation == "gumbel" else 1.0
+            entropy_w[0] = s.entropy_weight * min(1.0, max(0.0, (epoch - s.warmup_epochs + 1) /
+                                                           max(1, s.epochs - s.warmup_epochs)))
             n = s.steps_per_epoch - step_in_epoch
             batches = iter(batch_loader(data.dataset, data.plan_steps(global_step, n), d.workers))
             for _ in range(n):
@@ -102,7 +101,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 ab = [t.to(run.device, non_blocking=True) for t in next(batches)]  # alpha batch
                 set_lr(w_opt, base_lr, lr_factor(epoch + step_in_epoch / s.steps_per_epoch, s.epochs, s.schedule))
                 model.train()
-                alphas_on = epoch >= s.warmup_epochs
+                alphas_on = epoch >= s.warmup_epochs and global_step % s.alpha_every == 0
                 # 1. alpha step, judged on the alpha batch (weights and BN statistics left as they were)
                 loss_a = architect.step(wb, ab) if alphas_on and s.order != "single" else None
                 # 2. weight step on the training batch
@@ -147,6 +146,24 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
 
 
 # ----------------------------------------------------------------------------- configuration
+def search_batches(cfg: Config, seed: int, rank: int = 0, world_size: int = 1, train: bool = True) -> SearchBatches:
+    """The search's data, as a run's config describes it (derive re-reads it with train=False:
+    the same batches, through the evaluation transform)."""
+    d, s = cfg.data, cfg.search
+    union = build_multisource(d.sources, data_root(d.root), skip_unparsable=d.skip_unparsable,
+                              combine_all=d.combine_all)
+    return SearchBatches(union, s.objective, d.batch_size, d.num_instances, transforms_from_config(d, train=train),
+                         seed, s.val_fraction, rank, world_size, unseen=s.unseen_domain)
+
+
+def search_supernet(cfg: Config, space: SearchSpace, num_classes: int) -> Supernet:
+    """The supernet a run's config describes (weights and alphas freshly initialised)."""
+    s, m = cfg.search, cfg.model
+    return Supernet(space, arch=m.arch, num_classes=num_classes, head=m.head, feature_dim=m.feature_dim,
+                    last_stride=m.last_stride, shared=s.shared, relaxation=s.relaxation, alpha_init=s.alpha_init)
+
+
+
 def validate_search_config(cfg: Config) -> SearchSpace:
     """Fail on bad choices before any data is read or generated; returns the search space."""
     s = cfg.search
@@ -157,6 +174,13 @@ def validate_search_config(cfg: Config) -> SearchSpace:
             raise OsnasError(f"{key}={val!r}: expected one of {', '.join(v for v in valid if v)}")
     if s.epochs < 1 or s.steps_per_epoch < 1:
         raise OsnasError(f"search.epochs and search.steps_per_epoch must be >= 1, got {s.epochs}, {s.steps_per_epoch}")
+    if s.alpha_every < 1:
+        raise OsnasError(f"search.alpha_every must be >= 1, got {s.alpha_every}")
+    if s.entropy_weight < 0:
+        raise OsnasError(f"search.entropy_weight must be >= 0, got {s.entropy_weight}")
+    if s.objective == "unseen" and s.alpha_loss != "triplet":
+        raise OsnasError(f"search.objective=unseen judges alphas on identities the classifier never saw: it needs "
+                         f"search.alpha_loss=triplet, got {s.alpha_loss}")
     return load_space(s.space)
 
 
@@ -185,6 +209,21 @@ def make_loss_fn(kind: str, label_smooth: float, margin: float):
     return loss_fn
 
 
+def with_entropy(loss_fn, model: Supernet, weight: list):
+    """The alpha loss plus weight[0] x the mean entropy of the positions' probabilities: a
+    positive weight pushes every position towards one candidate (an annealed search), so the
+    final argmax is decided by the data rather than by noise around a uniform mixture."""
+    def loss(m, batch):
+        value = loss_fn(m, batch)
+        if weight[0] > 0:
+            ent = [-(p * p.clamp_min(1e-12).log()).sum()
+                   for p in (relax.probs(a, model.relaxation) for a in model.arch_parameters())]
+            value = value + weight[0] * torch.stack(ent).mean()
+        return value
+
+    return loss
+
+
 # ----------------------------------------------------------------------------- records
 def history_row(model: Supernet, step: int, epoch: int, loss_w: float, loss_a: Optional[float]) -> dict:
     """One row of alphas.jsonl: alphas, probabilities and entropy of every position, and the losses."""
@@ -210,7 +249,10 @@ def _write_start(cfg: Config, run_dir: Path, model: Supernet, data: SearchBatche
     write_json(run_dir / RUN_JSON, {"stage": "search", "sources": data.domains, "space": model.space.name,
                                     "space_sha256": model.space.sha256, "seed": seed, "arch": cfg.model.arch,
                                     "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
-                                    "shared": s.shared, "world_size": ctx.world_size})
+                                    "shared": s.shared, "alpha_every": s.alpha_every,
+                                    "entropy_weight": s.entropy_weight,
+                                    "unseen_domain": data.domains[data.unseen] if data.unseen is not None else None,
+                                    "world_size": ctx.world_size})
     log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "
              f"on {', '.join(data.domains)}: {s.objective}, {s.order}-order, {model.relaxation}; "
              f"{len(data.items)} images, {data.num_classes} identities -> {run_dir}"
