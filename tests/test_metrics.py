@@ -381,33 +381,41 @@ def test_features_bad_inputs():
 
 # ----------------------------------------------------------------------------- re-ranking
 def naive_rerank(q_g, q_q, g_g, k1=20, k2=6, lam=0.3):
-    """The published algorithm, dense and loop by loop (ties: stable argsort)."""
-    O = (np.block([[q_q, q_g], [q_g.T, g_g]]) ** 2).astype(np.float32)
-    T = (O / O.max(axis=0)).T
-    Q, N = q_g.shape[0], T.shape[0]
-    rank = np.argsort(T, axis=1, kind="stable")
-    V = np.zeros_like(T)
-    kh = int(np.around(k1 / 2.0)) + 1
+    """k-reciprocal re-ranking from its definitions (Zhong et al., CVPR 2017, section 3), one set
+    at a time: slow and plain, the yardstick for osnas.rerank. Distances are squared, stored in
+    float32 and scaled by their column maximum, as published; neighbour lists use a stable sort."""
+    n_q = q_g.shape[0]
+    dist = (np.block([[q_q, q_g], [q_g.T, g_g]]) ** 2).astype(np.float32)
+    dist = (dist / dist.max(axis=0)).T  # row i: the (scaled) distances from item i
+    n = len(dist)
+    order = [list(np.argsort(dist[i], kind="stable")) for i in range(n)]
 
-    def recip(i, k):
-        f = rank[i, :k]
-        return f[[i in rank[c, :k] for c in f]]
+    def nearest(i, k):  # N(i, k), item i itself included
+        return set(order[i][:k])
 
-    for i in range(N):
-        kr = recip(i, k1 + 1)
-        exp = list(kr)
-        for c in kr:
-            ck = recip(c, kh)
-            if len(np.intersect1d(ck, kr)) > 2.0 / 3 * len(ck):
-                exp.extend(ck)
-        exp = np.unique(np.array(exp, dtype=np.int64))
-        w = np.exp(-T[i, exp])
-        V[i, exp] = w / w.sum()
-    if k2 != 1:
-        V = np.stack([V[rank[i, :k2]].mean(0) for i in range(N)])
-    m = np.stack([np.minimum(V[i][None, :], V).sum(1) for i in range(Q)])
-    jac = 1 - m / (2 - m)
-    return (jac * (1 - lam) + T[:Q] * lam)[:, Q:]
+    def reciprocal(i, k):  # R(i, k): the neighbours of i that have i among their own neighbours
+        return {j for j in nearest(i, k) if i in nearest(j, k)}
+
+    half = int(np.around(k1 / 2.0)) + 1
+    weights = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal(i, k1 + 1)
+        expanded = set(r)
+        for j in r:  # add R(j, k1/2) when it overlaps R(i, k1) by more than two thirds
+            rj = reciprocal(j, half)
+            if len(rj & r) > 2 / 3 * len(rj):
+                expanded |= rj
+        members = sorted(expanded)
+        e = np.exp(-dist[i, members].astype(np.float64))
+        weights[i, members] = e / e.sum()
+    if k2 > 1:  # local query expansion: average over the k2 nearest items
+        weights = np.array([weights[order[i][:k2]].mean(axis=0) for i in range(n)])
+    out = np.empty((n_q, n - n_q))
+    for a in range(n_q):
+        for b in range(n_q, n):
+            jaccard = 1 - np.minimum(weights[a], weights[b]).sum() / np.maximum(weights[a], weights[b]).sum()
+            out[a, b - n_q] = (1 - lam) * jaccard + lam * dist[a, b]
+    return out
 
 
 def _dists(qf, gf, metric):
