@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_cmd", metavar="ACTION")
     q = dsub.add_parser("synth", help="write the built-in synthetic domains in the Market-1501 layout")
     q.add_argument("--out", required=True)
-    q.add_argument("--domains", type=int, default=None, help="number of domains (default: all built-in)")
+    q.add_argument("--domains", default=None, help="how many synth domains (a number), or domain names or families: synth0,hard,geom2 (default: synth0..3)")
     q.add_argument("--force", action="store_true", help="regenerate even if present")
     q = dsub.add_parser("info", help="print the sizes of a dataset on disk")
     q.add_argument("name")

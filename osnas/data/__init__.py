@@ -18,6 +18,7 @@ from osnas.data.multisource import (
     parse_names,
     resolve_sources,
 )
+from osnas.data import synth_families  # noqa: F401 (registers the hard and geom families with osnas.data.synth)
 from osnas.data.samplers import (
     DomainBalancedPKSampler,
     PKSampler,

@@ -108,12 +108,13 @@ _DEFAULT_DISTRACTORS = frozenset({0})
 
 def valid_names() -> str:
     al = ", ".join(f"{a}={c}" for a, c in ALIASES.items() if a in ("market", "duke", "msmt", "cuhk03", "prid2011"))
-    return f"{', '.join(REGISTRY)}, synth0..synthN, custom:PATH (aliases: {al})"
+    return f"{', '.join(REGISTRY)}, synth0..synthN, hard0..hardN, geom0..geomN, custom:PATH (aliases: {al})"
 
 
 def canonical_name(name: str) -> str:
-    """'Market' -> 'market1501', 'duke' -> 'dukemtmcreid', 'synth2' -> 'synth2', 'custom:X' kept."""
-    from osnas.data.synth import domain_index
+    """'Market' -> 'market1501', 'duke' -> 'dukemtmcreid', 'synth2' / 'hard2' / 'geom2' kept
+    (built-in synthetic families), 'custom:X' kept."""
+    from osnas.data.synth import parse_domain
 
     raw = str(name).strip()
     if raw.lower().startswith("custom:"):
@@ -124,7 +125,7 @@ def canonical_name(name: str) -> str:
     low = ALIASES.get(low, low)
     if low in REGISTRY:
         return low
-    if domain_index(low) is not None:
+    if parse_domain(low) is not None:  # a synthetic index >= 64 is a one-line OsnasError there
         return low
     raise OsnasError(f"unknown dataset {raw!r}; valid: {valid_names()}")
 
@@ -355,7 +356,8 @@ def build_dataset(name: str, root=None, skip_unparsable: bool = False, combine_a
     """Load dataset `name` from the data root (default: $OSNAS_DATA or ./data).
 
     name: market1501|market, dukemtmcreid|duke, msmt17|msmt, cuhk03 (= cuhk03_labeled),
-    cuhk03_labeled, cuhk03_detected, synth0..synthN (generated on first use),
+    cuhk03_labeled, cuhk03_detected, synth0..synthN, hard0..hardN, geom0..geomN (built-in
+    synthetic families, generated on first use; see osnas.data.synth_families),
     custom:PATH, or custom (root = the dataset folder); the domain-generalisation sets
     viper, grid, prid, ilids, cuhk01, cuhk02, cuhksysu, cuhk03_release[_detected],
     cuhk03_release_classic[_detected] (see osnas.data.dg_sets).

@@ -13,6 +13,13 @@ it is read by the same parser as Market-1501.
 
 Sizes: ``SynthParams`` (defaults for a CPU demo), or the environment variable
 ``OSNAS_SYNTH_PRESET`` = ``default`` | ``small`` | ``tiny`` for the CLI and auto-generation.
+
+Families: ``synthK`` is the original, style-only family (kept pixel for pixel). Two harder
+families live in `osnas.data.synth_families` and share this module's writing and caching:
+``hardK`` (style gap plus textures, near-identical ids, pose, occlusion and camera
+degradations: IN should help but is not enough) and ``geomK`` (no colour gap at all, only
+blur / resolution / viewpoint / occlusion / framing: IN should not help). Every name
+``synthK``, ``hardK``, ``geomK`` (K < 64) is a dataset name, generated on first use.
 """
 
 from __future__ import annotations
@@ -39,6 +46,18 @@ DEFAULT_NUM_DOMAINS = 4
 MAX_DOMAINS = 64
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 _NAME_RE = re.compile(r"^synth(\d+)$")
+FAMILY_NAMES = ("synth", "hard", "geom")  # synth: this module; the others: osnas.data.synth_families
+# The other families' code registers itself here (osnas.data.synth_families, imported by the
+# osnas.data package): family name -> module with get_spec, plan_domain, render_domain and
+# preview_grid. This module draws synth and stores every family; it never imports them.
+FAMILIES: dict = {}
+
+
+def _family(name: str):
+    if name not in FAMILIES:
+        raise OsnasError(f"synthetic family {name!r}: unknown; expected one of {', '.join(FAMILY_NAMES)}")
+    return FAMILIES[name]
+_FAMILY_RE = re.compile(r"^(" + "|".join(FAMILY_NAMES) + r")(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -79,11 +98,14 @@ PRESETS = {
 }
 
 
-def params_from_env() -> SynthParams:
-    """Preset named by $OSNAS_SYNTH_PRESET (default | small | tiny), else the defaults."""
+def params_from_env(family: str = "synth") -> SynthParams:
+    """Preset named by $OSNAS_SYNTH_PRESET (default | small | tiny), else the defaults; each
+    family has its own sizes for the same preset names (hard/geom: more test identities)."""
     name = os.environ.get("OSNAS_SYNTH_PRESET", "").strip() or "default"
     if name not in PRESETS:
         raise OsnasError(f"OSNAS_SYNTH_PRESET={name!r}: unknown preset; expected one of {', '.join(PRESETS)}")
+    if family != "synth":
+        return _family(family).get_spec(family).sizes[name]
     return PRESETS[name]
 
 
@@ -96,8 +118,28 @@ def domain_index(name: str) -> int | None:
     return k if k < MAX_DOMAINS else None
 
 
-def domain_names(n: int = DEFAULT_NUM_DOMAINS) -> list[str]:
-    return [f"synth{k}" for k in range(n)]
+def parse_domain(name) -> tuple[str, int] | None:
+    """'hard3' -> ('hard', 3); 'synth0' -> ('synth', 0); not a synthetic name -> None.
+    A synthetic name with an index >= MAX_DOMAINS is a one-line OsnasError."""
+    m = _FAMILY_RE.match(str(name).strip().lower())
+    if not m:
+        return None
+    fam, k = m.group(1), int(m.group(2))
+    if k >= MAX_DOMAINS:
+        raise OsnasError(f"synthetic domain {str(name).strip()!r}: index out of range; "
+                         f"expected {fam}0 .. {fam}{MAX_DOMAINS - 1}")
+    return fam, k
+
+
+def domain_names(n: int = DEFAULT_NUM_DOMAINS, family: str = "synth") -> list[str]:
+    return [f"{family}{k}" for k in range(n)]
+
+
+def family_default_count(family: str) -> int:
+    """How many domains a bare family name (`--domains hard`) stands for."""
+    if family == "synth":
+        return DEFAULT_NUM_DOMAINS
+    return _family(family).get_spec(family).num_default
 
 
 # ============================================================================ palettes
@@ -511,11 +553,18 @@ def _split_counts(r, n: int, k: int, minimum: int) -> list[int]:
     return counts
 
 
-def plan_domain(k: int, params: SynthParams) -> dict:
+def plan_domain(k: int, params: SynthParams, family: str = "synth") -> dict:
     """Identities, cameras and file names of domain k (no pixels yet). Deterministic."""
+    if family != "synth":
+        return _family(family).plan_domain(family, k, params)
     style = domain_style(k, params.seed)
-    C = style["cams"]
-    r = np.random.default_rng([params.seed, 101, k])
+    plan = _plan_files(k, params, style["cams"], np.random.default_rng([params.seed, 101, k]))
+    plan["style"] = style
+    return plan
+
+
+def _plan_files(k: int, params: SynthParams, C: int, r: np.random.Generator) -> dict:
+    """Train / test ids and the file list of a domain with C cameras, drawn from `r`."""
     n_ids = params.train_ids + params.test_ids
     ids = np.sort(r.choice(np.arange(1, min(9999, max(3 * n_ids, 1500)) + 1), n_ids, replace=False))
     perm = r.permutation(n_ids)
@@ -556,11 +605,14 @@ def plan_domain(k: int, params: SynthParams) -> dict:
     for _ in range(params.junk):
         cam = int(r.integers(1, C + 1))
         files.append(("bounding_box_test", name(-1, cam), -1, cam, "junk"))
-    return dict(index=k, style=style, cams=C, train_ids=train_ids, test_ids=test_ids, files=files)
+    return dict(index=k, cams=C, train_ids=train_ids, test_ids=test_ids, files=files)
 
 
 def render_domain(plan: dict, params: SynthParams, progress=None):
     """Yield (split, file name, jpeg bytes) for every file of a planned domain."""
+    if plan.get("family", "synth") != "synth":
+        yield from _family(plan["family"]).render_domain(plan, params, progress)
+        return
     k, style = plan["index"], plan["style"]
     H, W = params.height, params.width
     cv = _Canvas(H, W)
@@ -582,8 +634,10 @@ def render_domain(plan: dict, params: SynthParams, progress=None):
             progress.update(1)
 
 
-def preview_grid(k: int, params: SynthParams, n_ids: int = 6) -> np.ndarray:
+def preview_grid(k: int, params: SynthParams, n_ids: int = 6, family: str = "synth") -> np.ndarray:
     """A (n_ids x cameras) grid of training identities of domain k, each seen by every camera."""
+    if family != "synth":
+        return _family(family).preview_grid(family, k, params, n_ids)
     plan = plan_domain(k, params)
     style = plan["style"]
     H, W = params.height, params.width
@@ -624,7 +678,15 @@ def is_complete(folder: str | Path, params: SynthParams | None = None) -> bool:
     m = read_marker(folder)
     if not m or m.get("version") != GENERATOR_VERSION:
         return False
-    if params is not None and m.get("params_hash") != params.hash():
+    fam = m.get("family", "synth")
+    if fam != "synth":
+        spec = FAMILIES[fam].get_spec(fam) if fam in FAMILIES else None
+        k = m.get("domain")
+        if spec is None or m.get("family_version") != spec.version or not (isinstance(k, int) and 0 <= k < MAX_DOMAINS):
+            return False
+        if params is not None and m.get("params_hash") != spec.params_hash(params, k):
+            return False
+    elif params is not None and m.get("params_hash") != params.hash():
         return False
     return all((Path(folder) / s).is_dir() for s in SPLITS)
 
@@ -646,12 +708,13 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def write_domain(out: str | Path, k: int, params: SynthParams, progress=None) -> Path:
-    """Write domain k to OUT/synthK atomically (temp folder, marker last, rename)."""
+def write_domain(out: str | Path, k: int, params: SynthParams, progress=None, family: str = "synth") -> Path:
+    """Write domain k of `family` to OUT/<family>K atomically (temp folder, marker last, rename)."""
     out = Path(out)
-    final = out / f"synth{k}"
-    plan = plan_domain(k, params)
-    tmp = out / f".synth{k}.partial-{os.getpid()}"
+    name = f"{family}{k}"
+    final = out / name
+    plan = plan_domain(k, params, family)
+    tmp = out / f".{name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -659,13 +722,15 @@ def write_domain(out: str | Path, k: int, params: SynthParams, progress=None) ->
             (tmp / s).mkdir(parents=True, exist_ok=True)
         for split, fname, data in render_domain(plan, params, progress):
             (tmp / split / fname).write_bytes(data)
-        (tmp / "preview.png").write_bytes(_png(preview_grid(k, params)))
+        (tmp / "preview.png").write_bytes(_png(preview_grid(k, params, family=family)))
         counts = {s: sum(1 for f in plan["files"] if f[0] == s) for s in SPLITS}
         marker = dict(
             version=GENERATOR_VERSION, params_hash=params.hash(), params=dataclasses.asdict(params),
             domain=k, style={kk: vv for kk, vv in plan["style"].items()}, cameras=plan["cams"],
             train_ids=len(plan["train_ids"]), test_ids=len(plan["test_ids"]), images=counts,
         )
+        if family != "synth":
+            marker.update(_family(family).marker_extra(plan, params))
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -679,58 +744,90 @@ def write_domain(out: str | Path, k: int, params: SynthParams, progress=None) ->
     return final
 
 
-def _domain_list(domains) -> list[int]:
+_DOMAINS_HELP = (f"a number of synth domains (1..{MAX_DOMAINS}), domain names synthK / hardK / geomK "
+                 f"(K < {MAX_DOMAINS}), a family name ({', '.join(FAMILY_NAMES)}: its built-in domains) or "
+                 f"FAMILY:N (its first N), comma-separated")
+
+
+def _domain_list(domains) -> list[tuple[str, int]]:
+    """Normalise a domain selection to [(family, k), ...] (see _DOMAINS_HELP)."""
     if domains is None:
-        return list(range(DEFAULT_NUM_DOMAINS))
-    if isinstance(domains, int):
+        return [("synth", k) for k in range(DEFAULT_NUM_DOMAINS)]
+    if isinstance(domains, str):
+        txt = domains.strip()
+        domains = int(txt) if txt.isdigit() else [d for d in txt.replace(" ", ",").split(",") if d]
+        if not domains:
+            raise OsnasError(f"--domains {txt!r}: empty; expected {_DOMAINS_HELP}")
+    if isinstance(domains, int) and not isinstance(domains, bool):
         if not 1 <= domains <= MAX_DOMAINS:
             raise OsnasError(f"--domains {domains}: expected a number of domains between 1 and {MAX_DOMAINS}")
-        return list(range(domains))
-    ks = []
+        return [("synth", k) for k in range(domains)]
+    out: list[tuple[str, int]] = []
     for d in domains:
-        k = d if isinstance(d, int) else domain_index(d)
-        if k is None or not 0 <= k < MAX_DOMAINS:
-            raise OsnasError(f"synthetic domain {d!r}: expected synth0 .. synth{MAX_DOMAINS - 1}")
-        ks.append(k)
-    return ks
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            if not 0 <= int(d) < MAX_DOMAINS:
+                raise OsnasError(f"synthetic domain {d!r}: expected synth0 .. synth{MAX_DOMAINS - 1}")
+            out.append(("synth", int(d)))
+            continue
+        txt = str(d).strip().lower()
+        fam, _, n = txt.partition(":")
+        if fam in FAMILY_NAMES:
+            if n and not (n.isdigit() and 1 <= int(n) <= MAX_DOMAINS):
+                raise OsnasError(f"synthetic domains {d!r}: expected {fam}:N with N in 1..{MAX_DOMAINS}")
+            out += [(fam, k) for k in range(int(n) if n else family_default_count(fam))]
+            continue
+        pk = parse_domain(txt)
+        if pk is None:
+            raise OsnasError(f"synthetic domain {d!r}: unknown; expected {_DOMAINS_HELP}")
+        out.append(pk)
+    return out
 
 
-def _generate(out: Path, ks: list[int], params: SynthParams, force: bool, exact: bool, verbose: bool) -> list[Path]:
+def _generate(out: Path, ks: list[tuple[str, int]], params: SynthParams | None, force: bool, exact: bool,
+              verbose: bool) -> list[Path]:
+    """Write the missing (family, k) domains under OUT; params None: each family's preset."""
     from osnas.utils import Progress
 
-    params.validate()
-    todo = [k for k in ks if force or not is_complete(out / f"synth{k}", params if exact else None)]
-    paths = [out / f"synth{k}" for k in ks]
+    def par(fam):
+        return (params or params_from_env(fam)).validate()
+
+    todo = [(f, k) for f, k in ks if force or not is_complete(out / f"{f}{k}", par(f) if exact else None)]
+    paths = [out / f"{f}{k}" for f, k in ks]
     if not todo:
         return paths
-    total = sum(len(plan_domain(k, params)["files"]) for k in todo)
+    total = sum(len(plan_domain(k, par(f), f)["files"]) for f, k in todo)
     with Progress(total, "synth", unit="img", enabled=verbose) as prog:
-        for k in todo:
-            with _lock(out / f".synth{k}.lock"):
-                if not force and is_complete(out / f"synth{k}", params if exact else None):
+        for f, k in todo:
+            name = f"{f}{k}"
+            with _lock(out / f".{name}.lock"):
+                if not force and is_complete(out / name, par(f) if exact else None):
                     continue  # another process wrote it meanwhile
-                for stale in out.glob(f".synth{k}.partial-*"):
+                for stale in out.glob(f".{name}.partial-*"):
                     shutil.rmtree(stale, ignore_errors=True)
-                write_domain(out, k, params, prog)
+                write_domain(out, k, par(f), prog, family=f)
     return paths
 
 
 def run_synth(out, domains=None, force: bool = False, params: SynthParams | None = None) -> list[Path]:
-    """`osnas data synth`: write synth0..synth{N-1} under OUT in the Market-1501 layout.
+    """`osnas data synth`: write synthetic domains under OUT in the Market-1501 layout.
 
+    domains: None (synth0..synth3), a count N (synth0..synth{N-1}), or names / families, e.g.
+    ["hard0", "geom2"], "hard" (its built-in domains), "geom:6", "synth0,hard4" (see _DOMAINS_HELP).
+    params: the sizes for every domain; None: $OSNAS_SYNTH_PRESET of each family.
     Complete domains with the same generator version and parameters are kept unless `force`.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OsnasError(f"{out}: exists and is not a folder; expected an output folder for synthetic data")
-    params = params or params_from_env()
     ks = _domain_list(domains)
+    if params is not None:
+        params.validate()
     paths = _generate(out, ks, params, force, exact=True, verbose=True)
-    for k, p in zip(ks, paths):
+    for (f, k), p in zip(ks, paths):
         m = read_marker(p) or {}
         im = m.get("images", {})
         print(
-            f"synth{k}: {p}  ({m.get('train_ids', '?')} train ids, {m.get('test_ids', '?')} test ids, "
+            f"{f}{k}: {p}  ({m.get('train_ids', '?')} train ids, {m.get('test_ids', '?')} test ids, "
             f"{m.get('cameras', '?')} cameras, {im.get('bounding_box_train', '?')}/{im.get('query', '?')}/"
             f"{im.get('bounding_box_test', '?')} train/query/gallery images)"
         )
@@ -739,20 +836,20 @@ def run_synth(out, domains=None, force: bool = False, params: SynthParams | None
 
 
 def ensure_synth(root, names, params: SynthParams | None = None) -> list[Path]:
-    """Make sure ROOT/synth/<name> exists for each synth name; generate missing ones (stderr note).
+    """Make sure ROOT/synth/<name> exists for each synthetic name (synthK, hardK, geomK);
+    generate missing ones (stderr note).
 
     An existing complete domain (any parameters of this generator version) is used as it is.
     """
     base = Path(root) / "synth"
-    ks = _domain_list(list(names))
-    missing = [k for k in ks if not is_complete(base / f"synth{k}")]
+    ks = _domain_list([names] if isinstance(names, str) else list(names))
+    missing = [(f, k) for f, k in ks if not is_complete(base / f"{f}{k}")]
     if missing:
-        params = params or params_from_env()
         print(
-            f"osnas: generating synthetic domain(s) {', '.join(f'synth{k}' for k in missing)} into {base} "
+            f"osnas: generating synthetic domain(s) {', '.join(f'{f}{k}' for f, k in missing)} into {base} "
             f"(first use; cached for later runs)",
             file=sys.stderr,
             flush=True,
         )
         _generate(base, missing, params, force=False, exact=False, verbose=True)
-    return [base / f"synth{k}" for k in ks]
+    return [base / f"{f}{k}" for f, k in ks]

@@ -1,0 +1,336 @@
+"""Is the search's answer trustworthy? The whole protocol on the synthetic test-bed, one command.
+
+For each test-bed configuration (testbed_style.yaml: domain shift IN can remove; and
+testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
+
+1. noise floor   OSNet-AIN retrained with NOISE_SEEDS seeds: std of the held-out mAP;
+2. yardstick     RANDOM architectures drawn uniformly from the searched space, plus OSNet,
+                 OSNet-IBN and OSNet-AIN, each retrained once: the held-out mAP distribution;
+3. methods       every search method on SEARCH_SEEDS seeds:
+                   argmax     bilevel leave-one-domain-out search, argmax of the alphas
+                   perturb    the same runs, perturbation-based selection (DARTS-PT)
+                   consensus  the same runs, mean probabilities over the seeds
+                   anneal     entropy-annealed search, fewer but larger alpha steps
+                   unseen     alphas judged on a source the weights never train on
+                 per method: seed agreement, percentile of each derived genotype in the
+                 yardstick distribution, held-out mAP;
+4. ranking       Kendall tau between the supernet's held-out score of each yardstick
+                 architecture (one-hot weights, per lodo search seed) and its retrained mAP;
+5. paired test   the default method's genotype against OSNet-AIN over the noise seeds.
+
+Every job writes its own run folder under --out and is skipped when its result is there,
+so an interrupted protocol continues where it stopped. Two jobs run at a time (--jobs), one
+thread each. Results: results.json per configuration, RESULTS.md and figures.
+
+    python experiments/synthetic/run_protocol.py --out runs/protocol            # ~2 h, 2 cores
+    python experiments/synthetic/run_protocol.py --out runs/protocol-quick --quick   # minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = {"style": HERE / "testbed_style.yaml", "geometry": HERE / "testbed_geometry.yaml"}
+NAMED = ("osnet", "osnet_ibn", "osnet_ain")
+METHODS = ("argmax", "perturb", "consensus", "anneal", "unseen")
+SEARCHES = {  # search variant -> extra --set overrides (on top of the configuration file)
+    "lodo": [],
+    "anneal": ["search.entropy_weight=0.5", "search.alpha_every=2", "search.alpha_lr=0.1"],
+    "unseen": ["search.objective=unseen", "search.alpha_loss=triplet"],
+}
+METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen"}
+FULL = dict(noise_seeds=5, random=20, search_seeds=5)
+QUICK = dict(noise_seeds=2, random=4, search_seeds=2,
+             overrides=["search.epochs=2", "search.steps_per_epoch=5", "train.epochs=1", "train.steps_per_epoch=10"])
+
+
+# ----------------------------------------------------------------------------- jobs (run in workers)
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _plan_id(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def retrain_eval(job: dict) -> dict:
+    """Retrain a genotype with a seed and evaluate it on the held-out targets; cached on disk."""
+    from osnas.evaluate import run_eval_crossdomain
+    from osnas.retrain import resolve_retrain_config, train
+
+    out = Path(job["out"])
+    metrics = out / "eval" / "metrics.json"
+    if not metrics.is_file():
+        resume = (out / "checkpoint.pth").is_file()
+        overrides = [f"run.seed={job['seed']}", "run.progress=false", *job["overrides"]]
+        cfg, g, rdir = resolve_retrain_config(job["genotype"], None, job["root"], job["config"],
+                                              [] if resume else overrides, str(out), resume)
+        if not resume:
+            g.name = job["name"]
+        train(cfg, g, rdir, resume=resume)
+        run_eval_crossdomain([str(out / "checkpoint.pth")], ",".join(cfg.data.targets), data_root=job["root"],
+                             out=str(out / "eval"))
+    m = json.loads(metrics.read_text())
+    t = next(iter(m["models"].values()))["targets"]
+    return {"targets": {k: {"mAP": v["mAP"], "rank1": v["rank1"]} for k, v in t.items()},
+            "mAP": statistics.mean(v["mAP"] for v in t.values()),
+            "rank1": statistics.mean(v["rank1"] for v in t.values())}
+
+
+def search(job: dict) -> str:
+    from osnas.search import run_search
+
+    out = Path(job["out"])
+    if not (out / "final_alphas.json").is_file():
+        resume = (out / "checkpoint.pth").is_file()
+        run_search(data_root=job["root"], config_file=job["config"], out=str(out), resume=resume,
+                   overrides=[] if resume else [f"run.seed={job['seed']}", "run.progress=false", *job["overrides"]])
+    return str(out)
+
+
+def derive(job: dict) -> dict:
+    from osnas.derive import run_derive
+    from osnas.models.genotype import load_genotype
+
+    out = Path(job["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.is_file():
+        run_derive(job["runs"] if len(job["runs"]) > 1 else job["runs"][0], out=str(out), select=job["select"],
+                   data_root=job["root"])
+    g = load_genotype(out)
+    return {"file": str(out), "plan": g.plan, "choices": {p: v["choice"] for p, v in g.positions.items()},
+            "agreement": dict(g.agreement or {})}
+
+
+def supernet_scores(job: dict) -> list:
+    """The supernet's held-out loss of each architecture (one-hot weights), lower = better."""
+    from osnas.derive import PerturbScorer, load_run
+    from osnas.derive import onehot
+
+    run = load_run(job["run"])
+    scorer = PerturbScorer(run, batches=job["batches"], data_root=job["root"])
+    space = run.space
+    out = []
+    for choices in job["choices"]:
+        w = [onehot(len(p.candidates), p.names.index(choices[p.name])) for p in space.positions]
+        out.append(scorer(w))
+    return out
+
+
+# ----------------------------------------------------------------------------- the protocol
+class Pool:
+    """Runs job lists on --jobs worker processes and says how far it got."""
+
+    def __init__(self, jobs: int):
+        self.ex = ProcessPoolExecutor(jobs, initializer=_worker_init) if jobs > 1 else None
+        self.t0 = time.time()
+
+    def map(self, fn, jobs: list, what: str) -> list:
+        if not jobs:
+            return []
+        print(f"[{(time.time() - self.t0) / 60:6.1f} min] {what}: {len(jobs)} job(s)", file=sys.stderr, flush=True)
+        if self.ex is None:
+            _worker_init()
+            return [fn(j) for j in jobs]
+        return list(self.ex.map(fn, jobs))
+
+
+def sample_architectures(space, n: int, seed: int) -> list:
+    """n distinct architectures drawn uniformly from the space ({position: candidate})."""
+    rng = random.Random(seed)
+    seen, out = set(), []
+    while len(out) < min(n, space.size()):
+        choices = {p.name: rng.choice(p.names) for p in space.positions}
+        key = tuple(sorted(choices.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(choices)
+    return out
+
+
+def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
+    from osnas.config import build_config
+    from osnas.data import data_root
+    from osnas.data.synth import ensure_synth
+    from osnas.models.genotype import Genotype, named_genotype
+    from osnas.models.space import load_space
+
+    cfg = build_config(str(cfg_file), sizes.get("overrides", []))
+    root = str(data_root(a.data_root or cfg.data.root))
+    ensure_synth(root, cfg.data.sources + cfg.data.targets)
+    out = Path(a.out) / name
+    extra = sizes.get("overrides", [])
+    space = load_space(cfg.search.space)
+    base = dict(root=root, config=str(cfg_file), overrides=extra)
+    gdir = out / "genotypes"
+    gdir.mkdir(parents=True, exist_ok=True)
+
+    def genotype_file(label: str, plan: dict) -> str:
+        path = gdir / f"{label}.yaml"
+        if not path.is_file():
+            Genotype(plan=plan, name=label, arch=cfg.model.arch, space=space.name, space_hash=space.sha256).save(path)
+        return str(path)
+
+    # 1-2. noise floor and yardstick (one retrain per distinct architecture and seed)
+    randoms = sample_architectures(space, sizes["random"], seed=12345)
+    arch = {n: named_genotype(n).plan for n in NAMED}
+    arch.update({f"random{i:02d}": space.plan_for(c) for i, c in enumerate(randoms)})
+    noise_seeds = list(range(1, sizes["noise_seeds"] + 1))
+    jobs = [dict(base, genotype=genotype_file(k, p), name=k, seed=1, out=str(out / "retrain" / _plan_id(p) / "seed1"))
+            for k, p in arch.items()]
+    jobs += [dict(base, genotype="osnet_ain", name="osnet_ain", seed=s,
+                  out=str(out / "retrain" / _plan_id(arch["osnet_ain"]) / f"seed{s}")) for s in noise_seeds[1:]]
+    res = pool.map(retrain_eval, jobs, f"{name}: noise floor and yardstick retrains")
+    by_out = {j["out"]: r for j, r in zip(jobs, res)}
+
+    def result(plan: dict, seed: int = 1) -> dict:
+        return by_out[str(out / "retrain" / _plan_id(plan) / f"seed{seed}")]
+
+    noise = [result(arch["osnet_ain"], s) for s in noise_seeds]
+    yard = {k: result(p) for k, p in arch.items()}
+
+    # 3. searches, then every selection method
+    seeds = list(range(1, sizes["search_seeds"] + 1))
+    sjobs = [dict(base, seed=s, overrides=extra + SEARCHES[v], out=str(out / "search" / v / f"seed{s}"))
+             for v in SEARCHES for s in seeds]
+    pool.map(search, sjobs, f"{name}: searches")
+    djobs = []
+    for m in METHODS:
+        v = METHOD_SEARCH[m]
+        runs = [str(out / "search" / v / f"seed{s}") for s in seeds]
+        if m == "consensus":
+            djobs.append(dict(root=root, method=m, seed="all", runs=runs, select="consensus",
+                              out=str(out / "derived" / f"{m}.yaml")))
+        else:
+            djobs += [dict(root=root, method=m, seed=s, runs=[r], select="perturb" if m == "perturb" else "argmax",
+                           out=str(out / "derived" / f"{m}-seed{s}.yaml")) for s, r in zip(seeds, runs)]
+    derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(METHODS)})")
+    rjobs, seen = [], set(by_out)
+    for d in derived:
+        o = str(out / "retrain" / _plan_id(d["plan"]) / "seed1")
+        if o not in seen:
+            seen.add(o)
+            rjobs.append(dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=1, out=o))
+    by_out.update({j["out"]: r for j, r in zip(rjobs, pool.map(retrain_eval, rjobs, f"{name}: derived retrains"))})
+
+    # 4. ranking: the supernet's view of the yardstick architectures, per lodo search seed
+    kjobs = [dict(root=root, run=str(out / "search" / "lodo" / f"seed{s}"), batches=sizes.get("batches", 4),
+                  choices=[c for c in randoms]) for s in seeds]
+    predicted = pool.map(supernet_scores, kjobs, f"{name}: supernet scores of the random architectures")
+
+    # 5. paired: the default method's genotype against OSNet-AIN over the noise seeds
+    default = [d for d in derived if d and Path(d["file"]).stem.startswith(a.default)]
+    modal = _modal([d["plan"] for d in default])
+    pjobs = [dict(base, genotype=genotype_file("default", modal), name="default", seed=s,
+                  out=str(out / "retrain" / _plan_id(modal) / f"seed{s}")) for s in noise_seeds]
+    pjobs = [j for j in pjobs if j["out"] not in by_out]
+    by_out.update({j["out"]: r for j, r in zip(pjobs, pool.map(retrain_eval, pjobs, f"{name}: paired retrains"))})
+    paired = [(result(modal, s)["mAP"], result(arch["osnet_ain"], s)["mAP"]) for s in noise_seeds]
+
+    summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _modal(plans: list) -> dict:
+    keys = [json.dumps(p, sort_keys=True) for p in plans]
+    best = max(keys, key=lambda k: (keys.count(k), -keys.index(k)))
+    return json.loads(best)
+
+
+def _percentile(value: float, population: list) -> float:
+    """Share of the population the value beats or ties (100 = at least as good as all)."""
+    return 100.0 * sum(v <= value for v in population) / len(population)
+
+
+def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, default) -> dict:
+    from scipy.stats import kendalltau
+
+    rand_maps = [yard[f"random{i:02d}"]["mAP"] for i in range(len(randoms))]
+    population = [v["mAP"] for v in yard.values()]
+    methods = {}
+    for m in METHODS:
+        rows = [(j, d) for j, d in zip(djobs, derived) if j["method"] == m]
+        per_seed = []
+        for j, d in rows:
+            r = result(d["plan"])
+            per_seed.append({"seed": j["seed"], "choices": d["choices"], "mAP": r["mAP"], "rank1": r["rank1"],
+                             "targets": r["targets"], "percentile": _percentile(r["mAP"], population)})
+        plans = [json.dumps(d["plan"], sort_keys=True) for _, d in rows]
+        positions = [p.name for p in space.positions]
+        if len(rows) == 1:  # consensus: one genotype from all seeds; its agreement is the seeds' own
+            same = "–"
+            agree = {p: float(rows[0][1]["agreement"].get(p, 1.0)) for p in positions}
+        else:
+            same = f"{max(plans.count(p) for p in plans)}/{len(plans)}"
+            agree = {p: max(sum(s["choices"][p] == c for s in per_seed) for c in {s["choices"][p] for s in per_seed})
+                     / len(per_seed) for p in positions}
+        maps = [s["mAP"] for s in per_seed]
+        methods[m] = {"per_seed": per_seed, "same_genotype": same,
+                      "position_agreement": agree, "mean_position_agreement": statistics.mean(agree.values()),
+                      "mAP_mean": statistics.mean(maps), "mAP_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
+                      "min_percentile": min(s["percentile"] for s in per_seed)}
+    taus = []
+    for pred in predicted:
+        tau = kendalltau([-p for p in pred], rand_maps).statistic  # lower loss = predicted better
+        taus.append(float(tau))
+    nm = [r["mAP"] for r in noise]
+    diffs = [x - y for x, y in paired]
+    return {
+        "config": {"sources": cfg.data.sources, "targets": cfg.data.targets, "space": space.name,
+                   "arch": cfg.model.arch, "search_steps": cfg.search.epochs * cfg.search.steps_per_epoch,
+                   "retrain_steps": cfg.train.epochs * cfg.train.steps_per_epoch},
+        "noise": {"mAP": nm, "rank1": [r["rank1"] for r in noise], "mAP_std": statistics.stdev(nm) if len(nm) > 1 else 0,
+                  "rank1_std": statistics.stdev([r["rank1"] for r in noise]) if len(nm) > 1 else 0,
+                  "targets": [r["targets"] for r in noise]},
+        "yardstick": {k: v for k, v in yard.items()},
+        "random_architectures": randoms,
+        "methods": methods,
+        "kendall_tau": taus,
+        "paired": {"default": default, "pairs": paired, "diff_mean": statistics.mean(diffs),
+                   "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0},
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/protocol")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--configs", default="style,geometry", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--quick", action="store_true", help="a much smaller protocol (minutes): checks the machinery")
+    ap.add_argument("--jobs", type=int, default=2, help="jobs run at a time (one thread each)")
+    ap.add_argument("--default", default="consensus", choices=METHODS, help="the method the paired test checks")
+    ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
+    a = ap.parse_args()
+    sizes = QUICK if a.quick else FULL
+    if a.quick:  # smaller generated domains too (unless the caller chose a preset)
+        os.environ.setdefault("OSNAS_SYNTH_PRESET", "small")
+    names = [c for c in a.configs.split(",") if c]
+    bad = [c for c in names if c not in CONFIGS]
+    if bad:
+        raise SystemExit(f"run_protocol: unknown configuration {bad}; valid: {', '.join(CONFIGS)}")
+    pool = Pool(a.jobs)
+    t0 = time.time()
+    summaries = {n: run_config(n, CONFIGS[n], a, pool, sizes) for n in names}
+    sys.path.insert(0, str(HERE))
+    from results_protocol import write_results
+
+    write_results(summaries, Path(a.results or Path(a.out) / "RESULTS.md"), Path(a.out), sys.argv[1:],
+                  time.time() - t0, quick=a.quick)
+
+
+if __name__ == "__main__":
+    main()
