@@ -112,7 +112,8 @@ def evaluate_split(model, ds, name: str, cfg, device, ctx=None) -> dict:
     else:
         r = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=e.metric, max_rank=e.max_rank,
                               chunk_size=e.chunk_size, single_gallery_shot=ds.single_gallery_shot)
-    examples = retrieval_examples(qf, gf, ds.query, ds.gallery, e.metric)
+    # the examples follow the distance the metrics used (the re-ranked one with --rerank)
+    examples = retrieval_examples(qf, gf, ds.query, ds.gallery, e.metric, distmat=dm if e.rerank else None)
     cmc = [float(v) for v in r["cmc"]]
     at = lambda k: cmc[min(k, len(cmc)) - 1]  # noqa: E731 (CMC clipped to the gallery size)
     return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": float(r["mAP"]), "mINP": float(r["mINP"]),
@@ -120,8 +121,10 @@ def evaluate_split(model, ds, name: str, cfg, device, ctx=None) -> dict:
             "num_valid": int(r.get("num_valid", len(ds.query))), "examples": examples}
 
 
-def retrieval_examples(qf, gf, query, gallery, metric: str, n_queries: int = 8, top: int = 10, seed: int = 0) -> list:
-    """Top-`top` gallery matches of a few fixed queries (for the ranked-retrieval plot).
+def retrieval_examples(qf, gf, query, gallery, metric: str, n_queries: int = 8, top: int = 10, seed: int = 0,
+                       distmat=None) -> list:
+    """Top-`top` gallery matches of a few fixed queries (for the ranked-retrieval plot), by
+    `distmat` (query x gallery) when given, else by the `metric` distance of the features.
 
     Same-identity same-camera gallery images are removed as in the metric.
     """
@@ -131,7 +134,7 @@ def retrieval_examples(qf, gf, query, gallery, metric: str, n_queries: int = 8, 
         return []
     rng = np.random.default_rng(seed)
     qi = sorted(rng.choice(len(query), size=min(n_queries, len(query)), replace=False).tolist())
-    d = compute_distance_matrix(qf[qi], gf, metric).cpu().numpy()
+    d = np.asarray(distmat)[qi] if distmat is not None else compute_distance_matrix(qf[qi], gf, metric).cpu().numpy()
     out = []
     for row, i in zip(d, qi):
         q_path, q_pid, q_cam = query[i][:3]
