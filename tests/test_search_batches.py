@@ -115,3 +115,13 @@ def test_unseen_objective_needs_a_metric_loss(synth_root, tmp_path, capsys):
     import json
 
     assert json.loads((run / "run.json").read_text())["unseen_domain"] == "synth2"
+
+
+def test_entropy_weight_acts_in_single_level_too(synth_root, tmp_path):
+    base = SEARCH + ["search.order=single", "search.alpha_lr=0.2"]
+    plain = read_history(run_search(data_root=str(synth_root), out=str(tmp_path / "a"), overrides=base))
+    sharp = read_history(run_search(data_root=str(synth_root), out=str(tmp_path / "b"),
+                                    overrides=base + ["search.entropy_weight=5.0"]))
+    assert sharp[-1]["alphas"] != plain[-1]["alphas"]
+    mean_h = lambda rows: sum(rows[-1]["entropy"].values()) / len(rows[-1]["entropy"])  # noqa: E731
+    assert mean_h(sharp) < mean_h(plain)

@@ -109,11 +109,16 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 a_opt.zero_grad(set_to_none=True)
                 loss = loss_w_fn(wrapped, wb)
                 loss_w = run.check(loss, f"search step {global_step}")
+                single = alphas_on and s.order == "single"  # single-level: alphas follow the training loss
+                if single and entropy_w[0] > 0:
+                    loss = loss + entropy_w[0] * mean_entropy(model)
                 loss.backward()
                 if s.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.weight_parameters(), s.grad_clip)
                 w_opt.step()
-                if alphas_on and s.order == "single":  # single-level: alphas follow the training loss
+                if single:
+                    if s.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.arch_parameters(), s.grad_clip)
                     a_opt.step()
                     loss_a = loss_w
                 if ctx.distributed and cfg.run.ddp_check:
@@ -209,17 +214,20 @@ def make_loss_fn(kind: str, label_smooth: float, margin: float):
     return loss_fn
 
 
+def mean_entropy(model: Supernet) -> torch.Tensor:
+    """The mean over positions of the entropy of their probabilities (differentiable in alpha)."""
+    ent = [-(p * p.clamp_min(1e-12).log()).sum()
+           for p in (relax.probs(a, model.relaxation) for a in model.arch_parameters())]
+    return torch.stack(ent).mean()
+
+
 def with_entropy(loss_fn, model: Supernet, weight: list):
     """The alpha loss plus weight[0] x the mean entropy of the positions' probabilities: a
     positive weight pushes every position towards one candidate (an annealed search), so the
     final argmax is decided by the data rather than by noise around a uniform mixture."""
     def loss(m, batch):
         value = loss_fn(m, batch)
-        if weight[0] > 0:
-            ent = [-(p * p.clamp_min(1e-12).log()).sum()
-                   for p in (relax.probs(a, model.relaxation) for a in model.arch_parameters())]
-            value = value + weight[0] * torch.stack(ent).mean()
-        return value
+        return value + weight[0] * mean_entropy(model) if weight[0] > 0 else value
 
     return loss
 
