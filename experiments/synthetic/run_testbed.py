@@ -7,7 +7,7 @@
    (bilevel, leave-one-domain-out), mean ± std over seeds; how often the search picks the
    same genotype across seeds.
 
-Every number in RESULTS.md comes from the run folders this script leaves under --out.
+Every number in RESULTS_synth_testbed.md comes from the run folders this script leaves under --out.
 
     python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3
 """
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--config", default=str(HERE / "testbed.yaml"))
-    ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--results", default=str(HERE / "RESULTS_synth_testbed.md"))
     a = ap.parse_args()
     from osnas.config import build_config
     from osnas.data import data_root
