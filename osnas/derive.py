@@ -34,10 +34,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from osnas.errors import OsnasError
+from osnas.errors import OsnasError, first_line
 from osnas.models import relax
-from osnas.models.genotype import Genotype
-from osnas.models.relax import entropy
+from osnas.models.genotype import Genotype, genotype_from_probs
 from osnas.models.space import SearchSpace, load_space
 from osnas.rundir import CHECKPOINT, CONFIG, GENOTYPE, RUN_JSON, SPACE
 from osnas.utils import load_checkpoint, read_json
@@ -114,25 +113,17 @@ def _genotype(runs: Sequence[SearchRun], select: str, chosen: List[int], probs: 
     extra: per position, more keys for `positions[p]` (scores, votes)."""
     space = runs[0].space
     ck0 = runs[0].ck
-    choices, positions = {}, {}
-    for i, p in enumerate(space.positions):
-        c = p.names[chosen[i]]
-        choices[p.name] = c
-        positions[p.name] = {"choice": c, "probs": {n: round(float(v), 6) for n, v in zip(p.names, probs[i])},
-                             "entropy": round(entropy(probs[i]), 6), **(extra[i] if extra else {})}
     one = len(runs) == 1
-    shared = all(r.ck.get("shared", True) for r in runs)
     archs = {r.ck.get("arch", "") for r in runs}
     sources: list = []
     for r in runs:
         sources += [s for s in r.ck.get("sources", []) if s not in sources]
-    return Genotype(plan=space.plan_for(choices), arch=archs.pop() if len(archs) == 1 else "",
-                    name=f"searched-{space.name}" + ("" if select == "argmax" else f"-{select}"),
-                    space=space.name, space_hash=space.sha256, positions=positions, sources=sources,
-                    seed=ck0.get("seed") if one else None, step=ck0.get("global_step") if one else None,
-                    nonshared={} if shared else {p.unit: choices[p.name] for p in space.positions},
-                    select=select, agreement={p.name: round(float(a), 6) for p, a in zip(space.positions, agreement)},
-                    runs=[str(r.path) for r in runs])
+    return genotype_from_probs(
+        space, probs, arch=archs.pop() if len(archs) == 1 else "", shared=all(r.ck.get("shared", True) for r in runs),
+        chosen=chosen, extra=extra, name=f"searched-{space.name}" + ("" if select == "argmax" else f"-{select}"),
+        sources=sources, seed=ck0.get("seed") if one else None, step=ck0.get("global_step") if one else None,
+        select=select, agreement={p.name: round(float(a), 6) for p, a in zip(space.positions, agreement)},
+        runs=[str(r.path) for r in runs])
 
 
 def _agreement(per_run: List[List[int]], chosen: List[int]) -> List[float]:
@@ -306,8 +297,7 @@ class PerturbScorer:
         try:
             model.load_state_dict(ck["model"])
         except (RuntimeError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OsnasError(f"{run.ck_path}: supernet weights do not fit the run's {CONFIG} ({first})") from None
+            raise OsnasError(f"{run.ck_path}: supernet weights do not fit the run's {CONFIG} ({first_line(e)})") from None
         self.model = model.to(self.device).eval()
         steps = batches * len(data.domains) if s.objective == "lodo" else batches
         keys = data.plan_steps(0, steps)[1::2]  # [weight, alpha] per step: the alpha batches

@@ -66,13 +66,15 @@ def evaluate_target(model, target: str, root: Path, cfg, device, ctx=None) -> di
     PRID, iLIDS, CUHK01, classic CUHK03) are evaluated on every split, or on `eval.split`
     alone; the result is then the mean over the splits, with `std` and each split's numbers
     in `splits`, as the small-set protocols report (mean of 10 or 20 results)."""
-    from osnas.data import build_dataset, evaluation_splits
+    from osnas.data import build_dataset
+    from osnas.data.datasets import splits_to_evaluate
 
     skip = cfg.data.skip_unparsable
-    ks = evaluation_splits(target, root, split=cfg.eval.split, skip_unparsable=skip)
+    first = build_dataset(target, root, skip_unparsable=skip)  # split 0: read once, also to count the splits
+    ks = splits_to_evaluate(first, cfg.eval.split)
     per = []
     for k in ks:
-        ds = build_dataset(target, root, skip_unparsable=skip, split=k)
+        ds = first if k == first.split else build_dataset(target, root, skip_unparsable=skip, split=k)
         name = target if len(ks) == 1 else f"{target} split {k}"
         per.append(evaluate_split(model, ds, name, cfg, device, ctx))
         per[-1]["split"] = k

@@ -425,7 +425,11 @@ def evaluation_splits(name: str, root=None, split: int = -1, skip_unparsable: bo
     per-split results over this list gives the published protocol (20 results for VIPeR
     and CUHK01: both directions of the 10 random splits). A training-only dataset
     (CUHK-SYSU) or a split out of range is an OsnasError."""
-    ds = build_dataset(name, root, skip_unparsable=skip_unparsable)
+    return splits_to_evaluate(build_dataset(name, root, skip_unparsable=skip_unparsable), split)
+
+
+def splits_to_evaluate(ds: ReidDataset, split: int = -1) -> list[int]:
+    """`evaluation_splits` of an already built dataset (any of its splits)."""
     if not ds.evaluable:
         raise OsnasError(f"{ds.name}: training-only dataset (no query/gallery); it cannot be an evaluation target")
     n = ds.num_splits

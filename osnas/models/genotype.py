@@ -113,15 +113,18 @@ def load_genotype(path_or_name: str | Path) -> Genotype:
         raise OsnasError(f"{path}: malformed genotype ({e})") from None
 
 
-def genotype_from_probs(space, probs, arch: str = "", shared: bool = True, **meta) -> Genotype:
-    """The argmax architecture of per-position probabilities (one tensor per position of
-    `space`, a SearchSpace), recording each position's choice, probabilities and entropy."""
+def genotype_from_probs(space, probs, arch: str = "", shared: bool = True, chosen=None, extra=None,
+                        **meta) -> Genotype:
+    """The architecture of per-position probabilities (one tensor per position of `space`, a
+    SearchSpace), recording each position's choice, probabilities and entropy. `chosen`: the
+    candidate index per position (default: the argmax); `extra`: per position, more keys for
+    its record (e.g. perturbation scores, votes)."""
     choices, positions = {}, {}
-    for p, pr in zip(space.positions, probs):
-        c = p.names[int(pr.argmax())]
+    for i, (p, pr) in enumerate(zip(space.positions, probs)):
+        c = p.names[int(pr.argmax()) if chosen is None else chosen[i]]
         choices[p.name] = c
         positions[p.name] = {"choice": c, "probs": {n: round(float(v), 6) for n, v in zip(p.names, pr)},
-                             "entropy": round(entropy(pr), 6)}
+                             "entropy": round(entropy(pr), 6), **(extra[i] if extra else {})}
     return Genotype(plan=space.plan_for(choices), arch=arch, space=space.name, space_hash=space.sha256,
                     positions=positions, nonshared={} if shared else {p.unit: choices[p.name] for p in space.positions},
                     **meta)
