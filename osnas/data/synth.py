@@ -342,6 +342,24 @@ def _identity(r: np.random.Generator) -> dict:
     )
 
 
+def _person_box(cv, img: np.ndarray, ph: float, cx: float, y0: float, lean: float, half: float):
+    """A float copy `full` of img and, inside the box of a person of height ph whose top is at
+    y0 and centre at cx (half-width `half` x ph, widened by the lean): the view `out` of `full`
+    there (drawing into it draws into `full`), its pixel grids yy, xx, and the body coordinates
+    v (0 at the head, 1 at the feet) and u (across the body, the lean removed). `out` is None
+    when the box lies outside the image."""
+    full = np.array(img, np.float32, copy=True)
+    half_w = (half + abs(lean) * 0.5) * ph
+    ys = slice(max(0, int(y0) - 1), min(cv.h, int(y0 + ph) + 2))
+    xs = slice(max(0, int(cx - half_w) - 1), min(cv.w, int(cx + half_w) + 2))
+    yy, xx = cv.yy[ys, xs], cv.xx[ys, xs]
+    if yy.size == 0:
+        return full, None, yy, xx, None, None
+    v = (yy - y0) / ph
+    u = (xx - cx - lean * (yy - (y0 + 0.5 * ph))) / ph
+    return full, full[ys, xs], yy, xx, v, u
+
+
 class _Canvas:
     def __init__(self, h: int, w: int):
         self.h, self.w = h, w
@@ -360,18 +378,11 @@ def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, 
     swing = r.normal(0, 0.08)
     back = r.random() < 0.5
     b = p["build"]
-    full = np.array(img, np.float32, copy=True)
     # work inside the person's bounding box only (everything drawn lies within |u| < 0.35)
-    half_w = (0.35 + abs(lean) * 0.5) * ph
-    ys = slice(max(0, int(y0) - 1), min(H, int(y0 + ph) + 2))
-    xs = slice(max(0, int(cx - half_w) - 1), min(W, int(cx + half_w) + 2))
-    yy, xx = cv.yy[ys, xs], cv.xx[ys, xs]
-    H, W = yy.shape
-    out = full[ys, xs]  # a view: drawing writes into `full`
-    if H == 0 or W == 0:
+    full, out, yy, xx, v, u = _person_box(cv, img, ph, cx, y0, lean, 0.35)
+    if out is None:
         return full
-    v = (yy - y0) / ph
-    u = (xx - cx - lean * (yy - (y0 + 0.5 * ph))) / ph
+    H, W = out.shape[:2]
     drawn = np.zeros((H, W), bool)
 
     def put(mask, color):
@@ -522,13 +533,17 @@ def _stylise(img: np.ndarray, cam: dict, style: dict, r: np.random.Generator, cv
     return np.clip(img, 0, 1, out=img)
 
 
+def _scene_crop(cv: _Canvas, cam: dict, r: np.random.Generator) -> np.ndarray:
+    """A random HxW window of the camera's (larger) background scene, its light jittered."""
+    sc = cam["scene"]
+    oy = int(r.integers(0, sc.shape[0] - cv.h + 1))
+    ox = int(r.integers(0, sc.shape[1] - cv.w + 1))
+    return sc[oy:oy + cv.h, ox:ox + cv.w] * np.float32(r.uniform(0.95, 1.05))
+
+
 def _render(cv: _Canvas, person: dict | None, cam: dict, style: dict, r: np.random.Generator,
             occlude_p: float = 0.15, partial: bool = False) -> np.ndarray:
-    H, W = cv.h, cv.w
-    sc = cam["scene"]
-    oy = int(r.integers(0, sc.shape[0] - H + 1))
-    ox = int(r.integers(0, sc.shape[1] - W + 1))
-    img = sc[oy:oy + H, ox:ox + W] * np.float32(r.uniform(0.95, 1.05))
+    img = _scene_crop(cv, cam, r)
     if person is not None:
         img = _draw_person(cv, img, person, r, scale=cam["scale"], partial=partial)
         if r.random() < occlude_p:

@@ -425,24 +425,16 @@ def _pattern(p: dict, u, v, ph: float, back: bool, side: bool):
 
 def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
     """Draw identity `p` onto a copy of `img` with `pose` (view, size, position, limbs)."""
-    H, W = cv.h, cv.w
     ph, cx, y0, lean = pose["ph"], pose["cx"], pose["y0"], pose["lean"]
     view = pose["view"]
     side = view in ("left", "right")
     back = view == "back"
     s = 1.0 if view == "right" else -1.0  # facing direction in a side view
     b = p["build"] * (0.62 if side else 1.0)  # a side view is narrower
-    full = np.array(img, np.float32, copy=True)
-    half_w = (0.45 + abs(lean) * 0.5) * ph
-    ys = slice(max(0, int(y0) - 1), min(H, int(y0 + ph) + 2))
-    xs = slice(max(0, int(cx - half_w) - 1), min(W, int(cx + half_w) + 2))
-    yy, xx = cv.yy[ys, xs], cv.xx[ys, xs]
-    h, w = yy.shape
-    if h == 0 or w == 0:
+    full, out, yy, xx, v, u = S._person_box(cv, img, ph, cx, y0, lean, 0.45)
+    if out is None:
         return full
-    out = full[ys, xs]
-    v = (yy - y0) / ph
-    u = (xx - cx - lean * (yy - (y0 + 0.5 * ph))) / ph
+    h, w = out.shape[:2]
     drawn = np.zeros((h, w), bool)
 
     def put(mask, color, shade=1.0):
@@ -736,10 +728,7 @@ def _render(cv, person: dict | None, cam: dict, prof: dict, spec: FamilySpec, r:
             occlude_p: float | None = None, partial: bool = False) -> np.ndarray:
     """One image (uint8 HxWx3): scene, person in a pose, occluder, colour pipeline, degradations."""
     H, W = cv.h, cv.w
-    sc = cam["scene"]
-    oy = int(r.integers(0, sc.shape[0] - H + 1))
-    ox = int(r.integers(0, sc.shape[1] - W + 1))
-    img = sc[oy:oy + H, ox:ox + W] * np.float32(r.uniform(0.95, 1.05))
+    img = S._scene_crop(cv, cam, r)
     if person is not None:
         img = _draw_person(cv, img, person, _pose(r, cam, prof, H, W, partial))
         if r.random() < (prof["occlude"] if occlude_p is None else occlude_p):
