@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perturb: fixed (positions in the space's order) | greedy (largest best drop first)")
     p.add_argument("--data-root", default=None, help="perturb: datasets folder (default: the run's own)")
     p.add_argument("--device", default="auto", help="perturb: auto | cpu | cuda[:N]")
+    p.add_argument("--cost-table", default=None, metavar="FILE|proxy",
+                   help="deployment cost table (default: the run's search.cost_table)")
+    p.add_argument("--cost-budget", type=float, default=None, metavar="REL",
+                   help="hard latency budget relative to the all-BN network (default: the run's search.cost_budget; "
+                        "0 = none)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="with a measured cost table: skip timing the derived network (record the prediction only)")
 
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
@@ -66,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the figures (default RUN/plots)")
     p.add_argument("--format", default="png", choices=["png", "svg"])
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files for the results chart")
+
+    p = sub.add_parser("profile", help="measure the deployment cost of every candidate of a search space")
+    p.add_argument("--backend", default=None,
+                   help="eager | bf16 | torchscript | onnxruntime | cuda (default eager; the BN-folded network)")
+    p.add_argument("--space", default="osnet_stem_blocks", help="search space name or YAML file")
+    p.add_argument("--arch", default="osnet_x1_0", help="width: osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the backend's default)")
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds per unit (median and IQR over them)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--clock", default="wall", help="wall | cpu (process CPU time: steadier on a busy machine; "
+                                                    "needs --threads 1)")
+    p.add_argument("--device", default=None, help="--backend cuda: the GPU (cuda or cuda:N)")
+    p.add_argument("--proxy", action="store_true", help="count MACs and bytes instead of timing (no --backend)")
+    p.add_argument("--out", default=None, help="cost table to write (.yaml/.json; default "
+                                               "cost_<backend>_<arch>_<h>x<w>_b<batch>.yaml)")
 
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic domains")
     p.add_argument("--out", default="runs/demo")
@@ -106,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--check", action="store_true",
+                   help="run the ONNX file in ONNX Runtime against PyTorch (exit 1 if they differ), report the "
+                        "bf16/fp16 drift of each IN site; writes OUT.check.json")
+    p.add_argument("--check-batches", default=None, metavar="B,B,...", help="--check: batch sizes (default 1,3,8)")
+    p.add_argument("--check-target", default=None, metavar="DATASET",
+                   help="--check: also compare rank-1 fp32 vs bf16 vs ONNX Runtime on this dataset (e.g. synth0)")
+    p.add_argument("--data-root", default=None, help="--check-target: datasets folder (default: $OSNAS_DATA or ./data)")
     return ap
 
 
@@ -120,7 +152,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from osnas.derive import run_derive
 
         run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint, select=args.select, batches=args.batches,
-                   order=args.order, data_root=args.data_root, device=args.device)
+                   order=args.order, data_root=args.data_root, device=args.device, cost_table=args.cost_table,
+                   cost_budget=args.cost_budget, measure=not args.no_measure)
     elif cmd == "retrain":
         from osnas.retrain import run_retrain
 
@@ -136,6 +169,12 @@ def dispatch(args: argparse.Namespace) -> int:
         from osnas.plot import run_plot
 
         run_plot(runs=args.run, out=args.out, fmt=args.format, metrics=args.metrics)
+    elif cmd == "profile":
+        from osnas.profile import run_profile
+
+        run_profile(space=args.space, arch=args.arch, backend=args.backend, height=args.height, width=args.width,
+                    batch=args.batch, threads=args.threads, repeats=args.repeats, warmup=args.warmup, out=args.out,
+                    proxy=args.proxy, device=args.device, clock=args.clock)
     elif cmd == "demo":
         from osnas.demo import run_demo
 
@@ -160,9 +199,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
         run_extract(checkpoint=args.checkpoint, model=args.model, weights=args.weights, images=args.images,
                     out=args.out, batch_size=args.batch_size, height=args.height, width=args.width, bf16=args.bf16)
+    elif cmd == "export" and args.check:
+        from osnas.models.export_check import run_export_check
+
+        run_export_check(checkpoint=args.checkpoint, model=args.model, weights=args.weights, fmt=args.format,
+                         out=args.out, height=args.height, width=args.width, batches=args.check_batches,
+                         data_root=args.data_root, target=args.check_target)
     elif cmd == "export":
         from osnas.models.deploy import run_export
 
+        if args.check_batches or args.check_target or args.data_root:
+            raise OsnasError("--check-batches, --check-target and --data-root go with --check")
         run_export(checkpoint=args.checkpoint, model=args.model, weights=args.weights, fmt=args.format,
                    out=args.out, height=args.height, width=args.width)
     else:

@@ -78,6 +78,10 @@ class SearchConfig:
     alpha_weight_decay: float = 0.0
     alpha_every: int = 1  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
     entropy_weight: float = 0.0  # alpha loss + w * mean position entropy, w ramped 0 -> entropy_weight over the alpha epochs
+    # deployment cost (osnas/search/budget.py): "" = none | proxy | a cost table file from `osnas profile`
+    cost_table: str = ""
+    cost_budget: float = 0.0  # latency relative to the all-BN network of the same width; 0 = no budget
+    cost_weight: float = 1.0  # exponent of the alpha loss's max(1, E[cost] / budget) factor
     optimizer: str = "sgd"  # weight optimiser
     lr: float = 0.05
     momentum: float = 0.9

@@ -371,9 +371,14 @@ def _as_list(run) -> List:
 
 
 def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, order: str = "fixed",
-           data_root: str | None = None, device: str = "auto") -> Genotype:
+           data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
+           cost_budget: float | None = None, measure: bool = True) -> Genotype:
     """The genotype of one run or several (`run`: a folder or a list of folders) by `select`
-    (a key of SELECTORS; None = argmax for one run, consensus for several)."""
+    (a key of SELECTORS; None = argmax for one run, consensus for several).
+
+    With a cost table (`cost_table`, else the first run's search.cost_table) the genotype
+    records its deployment cost, and a budget (`cost_budget`, else the run's
+    search.cost_budget; 0 = none) is a hard limit: see `apply_budget`."""
     paths = _as_list(run)
     if not paths:
         raise OsnasError("derive needs at least one search run (--run)")
@@ -386,7 +391,53 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, or
         raise OsnasError("--checkpoint names one checkpoint: use it with a single --run")
     runs = [load_run(p, checkpoint) for p in paths]
     _check_same_space(runs)
-    return SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)
+    g = SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)
+    return apply_budget(g, runs, cost_table, cost_budget, measure)
+
+
+def _run_cost_settings(run: SearchRun) -> tuple:
+    """(cost_table, cost_budget, height, width, arch) from a run's config.yaml (defaults when absent)."""
+    from osnas.config import build_config
+    from osnas.utils import load_yaml
+
+    cfg_path = run.path / CONFIG
+    cfg = build_config(base=load_yaml(cfg_path, "run config")) if cfg_path.is_file() else build_config()
+    return (cfg.search.cost_table, cfg.search.cost_budget, cfg.data.height, cfg.data.width,
+            run.ck.get("arch") or cfg.model.arch)
+
+
+def apply_budget(g: Genotype, runs: Sequence[SearchRun], cost_table: str | None = None,
+                 cost_budget: float | None = None, measure: bool = True) -> Genotype:
+    """The genotype within the deployment budget, with its `cost` record.
+
+    Over budget, candidates are switched greedily where the least preference (the recorded
+    probabilities) is lost per unit of relative cost saved (osnas.search.budget.fit_budget);
+    the switches are recorded in `cost.switches`. With a measured table (not the proxy) and
+    `measure`, the derived network and the all-BN network of its width are timed on the
+    table's backend, input size, batch and threads: `cost.latency_ms` and `cost.measured_relative`."""
+    from dataclasses import replace
+
+    from osnas.search import budget as B
+
+    spec, run_budget, height, width, arch = _run_cost_settings(runs[0])
+    spec = spec if cost_table is None else cost_table
+    limit = B.check_budget(run_budget if cost_budget is None else cost_budget, "--cost-budget")
+    space = runs[0].space
+    table = B.cost_table(spec, space, arch, height, width)
+    if table is None:
+        if limit > 0:
+            raise OsnasError(f"cost budget {limit:g} needs a cost table (--cost-table FILE|proxy); the run has none")
+        return g
+    chosen = [p.names.index(g.positions[p.name]["choice"]) for p in space.positions]
+    pref = [torch.tensor([g.positions[p.name]["probs"][c] for c in p.names]) for p in space.positions]
+    switches: list = []
+    if limit > 0:
+        chosen, switches = B.fit_budget(space, chosen, pref, table, limit)
+    choices = {p.name: p.names[c] for p, c in zip(space.positions, chosen)}
+    positions = {k: dict(v, choice=choices[k]) for k, v in g.positions.items()}
+    measured = B.measure_cost(space.plan_for(choices), table) if measure and table.method == "measured" else None
+    return replace(g, plan=space.plan_for(choices), positions=positions,
+                   cost=B.cost_record(table, choices, limit, measured, switches, source=str(spec)))
 
 
 def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Genotype:
@@ -395,7 +446,8 @@ def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Ge
 
 
 def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int = 4, order: str = "fixed",
-               data_root: str | None = None, device: str = "auto") -> Path:
+               data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
+               cost_budget: float | None = None, measure: bool = True) -> Path:
     """Derive and write the genotype file; a summary table on stderr, its path on stdout.
 
     `run`: one search run folder or a list of them; `out` defaults to RUN/genotype.yaml for
@@ -403,7 +455,7 @@ def run_derive(run, out=None, checkpoint=None, select: str | None = None, batche
     paths = _as_list(run)
     if out is None and len(paths) > 1:
         raise OsnasError(f"several runs ({', '.join(map(str, paths))}): give the genotype file to write with --out")
-    g = derive(paths, select, checkpoint, batches, order, data_root, device)
+    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure)
     path = Path(out) if out else Path(paths[0]) / GENOTYPE
     g.save(path)
     print_summary(g, file=sys.stderr)
@@ -429,3 +481,14 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
         line += f"  {g.agreement.get(k, 1.0):>5.2f}  {v['entropy']:>5.3f}"
         print(line, file=file)
     print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=file)
+    c = g.cost
+    if c:
+        line = (f"cost ({c['backend']}, {c['method']}): predicted {c['relative']:.3f}x the all-BN network "
+                f"({c['predicted_ms']:.3f} ms)")
+        if "latency_ms" in c:
+            line += f"; measured {c['latency_ms']:.3f} ms = {c['measured_relative']:.3f}x"
+        if c.get("budget"):
+            line += f"; budget {c['budget']:g}x"
+        print(line, file=file)
+        for sw in c.get("switches", []):
+            print(f"  over budget: {sw['position']} {sw['from']} -> {sw['to']} (saves {sw['saved']:.4f})", file=file)

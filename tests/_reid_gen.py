@@ -42,3 +42,12 @@ def random_ids(rng, n_ids, per_id, h, w, cams=(1, 2), noise=20.0):
             img = base + rng.normal(0, noise, size=base.shape)
             out.append((pid, cams[k % len(cams)], img))
     return out
+
+
+def two_tiny_sources(root, h: int, w: int) -> str:
+    """Two tiny source domains (4 identities x 4 images, h x w) as custom Market-style folders
+    under root; returns the --sources value naming them."""
+    rng = np.random.default_rng(0)
+    for d in range(2):
+        write_market(root / f"d{d}", random_ids(rng, 4, 4, h, w))
+    return f"custom:{root / 'd0'},custom:{root / 'd1'}"

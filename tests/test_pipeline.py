@@ -229,11 +229,12 @@ def test_demo_quick_runs_every_stage(root, tmp_path, capsys):
     from osnas.demo import run_demo
 
     metrics = run_demo(out=str(tmp_path / "demo"), data_root_arg=str(root), quick=True)
-    assert set(metrics["models"]) == {"searched", "osnet"}
+    assert set(metrics["models"]) == {"searched", "osnet", "osnet_ain"}
     d = tmp_path / "demo"
     for f in ("search/alphas.jsonl", "search/genotype.yaml", "retrain-searched/checkpoint.pth",
-              "retrain-osnet/checkpoint.pth", "eval/metrics.json", "eval/results.md", "plots/alpha_heatmap.png",
+              "retrain-osnet/checkpoint.pth", "retrain-osnet_ain/checkpoint.pth", "eval/metrics.json", "eval/results.md", "plots/alpha_heatmap.png",
               "plots/results.png"):
         assert (d / f).is_file() and (d / f).stat().st_size > 0, f
     out = capsys.readouterr().out
     assert "| searched |" in out and "plots:" in out
+    assert "held-out mAP: searched" in out and "osnet_ain" in out.split("held-out mAP: searched")[1]

@@ -10,12 +10,11 @@ Only stable interfaces are used: `osnas.cli.main`, run-folder files, `osnas.mode
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from _reid_gen import random_ids, write_market
+from _reid_gen import two_tiny_sources
 from osnas.cli import main
 
 H, W = 32, 16
@@ -32,11 +31,7 @@ def _sets(items):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Two tiny source domains (4 identities x 4 images, 32x16) as custom Market-style folders."""
-    root = tmp_path_factory.mktemp("modes_data")
-    rng = np.random.default_rng(0)
-    for d in range(2):
-        write_market(root / f"d{d}", random_ids(rng, 4, 4, H, W))
-    return f"custom:{root / 'd0'},custom:{root / 'd1'}"
+    return two_tiny_sources(tmp_path_factory.mktemp("modes_data"), H, W)
 
 
 def _search(sources, out, extra=(), space=None):

@@ -28,42 +28,105 @@ def _ms(vals) -> str:
     return f"{100 * statistics.mean(vals):.1f} ± {100 * s:.1f}"
 
 
-def figure(name: str, s: dict, path: Path) -> Path:
-    """Held-out mAP of every yardstick architecture (sorted), the searched genotypes marked."""
-    import matplotlib
+def figures(name: str, s: dict, folder: Path) -> list:
+    """The comparison figures of one configuration (osnas.plot.comparison, the ones `osnas plot
+    --run OUT/NAME` draws), written as <figure>_<name>.png beside RESULTS.md."""
+    from osnas.plot import comparison as K
+    from osnas.plot.common import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    title = f"{name}: random architectures (grey, sorted), published (red), searched (a marker per seed)"
+    figs = [("distribution", K.distribution(s, title)), ("agreement", K.agreement(s, f"{name}: seed agreement"))]
+    if K.has_latency(s):
+        figs.append(("pareto", K.pareto(s, f"{name}: held-out mAP against measured latency")))
+    return [save_figure(f, folder / f"{k}_{name}.png", "png") for k, f in figs]
 
-    yard = s["yardstick"]
-    order = sorted(yard, key=lambda k: yard[k]["mAP"])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [3, 2]})
-    colors = ["#c44e52" if k in ("osnet", "osnet_ibn", "osnet_ain") else "#8c8c8c" for k in order]
-    ax.bar(range(len(order)), [100 * yard[k]["mAP"] for k in order], color=colors)
-    methods = list(s["methods"])
-    x0 = len(order) + 1  # one column per method, right of the sorted yardstick: a marker per seed
-    marks = {"argmax": "o", "perturb": "s", "consensus": "*", "anneal": "^", "unseen": "D"}
-    for i, m in enumerate(methods):
-        ys = [100 * row["mAP"] for row in s["methods"][m]["per_seed"]]
-        ax.plot([x0 + i] * len(ys), ys, ls="none", marker=marks.get(m, "o"), color=f"C{i}", ms=8, alpha=0.8)
-    ax.set_xticks(list(range(len(order))) + [x0 + i for i in range(len(methods))],
-                  [k if not k.startswith("random") else "" for k in order] + methods, rotation=60, fontsize=7)
-    noise = s["noise"]["mAP_std"]
-    ax.axhspan(100 * (yard["osnet_ain"]["mAP"] - 2 * noise), 100 * (yard["osnet_ain"]["mAP"] + 2 * noise),
-               color="#c44e52", alpha=0.12, label="OSNet-AIN ± 2 noise std")
-    ax.set_ylabel("held-out mAP (%)")
-    ax.set_title(f"{name}: random architectures (grey, sorted), published (red), searched (one marker per seed)")
-    ax.legend(fontsize=7, loc="upper left")
-    agree = [100 * s["methods"][m]["mean_position_agreement"] for m in methods]
-    bx.bar(methods, agree, color=[f"C{i}" for i in range(len(methods))])
-    bx.axhline(90, color="k", ls="--", lw=0.8)
-    bx.set_ylim(0, 105)
-    bx.set_ylabel("per-position agreement over seeds (%)")
-    bx.set_title("seed agreement per method")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+SEARCH_OF = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen"}
+
+
+def _minutes(s: dict, method: str) -> str:
+    mins = [v for v in s.get("search_minutes", {}).get(SEARCH_OF.get(method, ""), []) if v == v]
+    if not mins:
+        return "–"
+    per = f"{statistics.mean(mins):.1f} per seed"
+    return per + (f", x{len(mins)} seeds" if method == "consensus" else "") + (" + derive" if method == "perturb"
+                                                                               else "")
+
+
+def cost_section(s: dict) -> list:
+    """Measured latency of the published, searched and budget-searched genotypes; the Pareto
+    front; whether a genotype matches OSNet-AIN within the noise floor at lower latency."""
+    from osnas.plot.comparison import pareto_front
+
+    lat = s.get("latency")
+    if not lat:
+        return []
+    yard, noise = s["yardstick"], s["noise"]["mAP_std"]
+    lines = ["### Deployment cost", "",
+             f"Latency measured on the deployment path ({lat['backend']} on the CPU, fp32, BN folded, "
+             f"{lat['threads']} thread, {lat.get('clock', 'wall')} clock, batch {lat['batch']}, the test-bed's width "
+             f"at input {lat.get('height', '?')}x{lat.get('width', '?')}), every network timed "
+             f"interleaved with the all-BN network ({lat['all_bn_ms']:.3f} ms, IQR {lat['all_bn_iqr_ms']:.3f}).", "",
+             "| architecture | held-out mAP | latency (ms) | relative to all-BN |", "|---|---:|---:|---:|"]
+    rows = [(k, yard[k]["mAP"], yard[k]["latency_ms"], yard[k].get("relative_latency")) for k in
+            ("osnet", "osnet_ibn", "osnet_ain") if k in yard]
+    for m, r in list(s["methods"].items()) + list(s.get("budgets", {}).items()):
+        for row in r["per_seed"]:
+            if "latency_ms" in row:
+                rel = row.get("relative_latency") or row["latency_ms"] / lat["all_bn_ms"]
+                rows.append((f"{m} seed {row['seed']}", row["mAP"], row["latency_ms"], rel))
+    lines += [f"| {k} | {pct(m)} | {ms:.3f} | {rel:.3f} |" for k, m, ms, rel in rows]
+    rnd = [(k, v["mAP"], v["latency_ms"]) for k, v in yard.items() if k.startswith("random") and "latency_ms" in v]
+    pts = [(ms, m) for _, m, ms, _ in rows] + [(ms, m) for _, m, ms in rnd]
+    names = [k for k, *_ in rows] + [k for k, *_ in rnd]
+    front = pareto_front(pts)
+    lines += ["", "Pareto front (lowest latency first): " + ", ".join(
+        f"{names[i]} ({pct(pts[i][1])} mAP, {pts[i][0]:.3f} ms)" for i in front) + ".", ""]
+    if s.get("budgets"):
+        spread = lat["all_bn_iqr_ms"] / lat["all_bn_ms"]
+        lines += ["Cost-aware searches: each derived genotype's predicted cost (the profiled cost table) and "
+                  f"measured cost, both relative to the all-BN network; the timing spread (IQR / median of the "
+                  f"all-BN network) is {spread:.3f}.", "",
+                  "| search | budget | predicted | measured | within budget (+ spread) |", "|---|---:|---:|---:|---|"]
+        for m, r in s["budgets"].items():
+            for row in r["per_seed"]:
+                pred, meas = row["cost"].get("relative"), row.get("relative_latency")
+                ok = meas is not None and meas <= r["budget"] + spread
+                lines.append(f"| {m} seed {row['seed']} | {r['budget']:g} | "
+                             f"{pred if pred is None else format(pred, '.3f')} | {meas:.3f} | {'yes' if ok else '**no**'} |")
+        lines.append("")
+    if "osnet_ain" in yard:
+        ain_m, ain_ms = yard["osnet_ain"]["mAP"], yard["osnet_ain"]["latency_ms"]
+        match = [(names[i], pts[i]) for i in range(len(pts))
+                 if pts[i][1] >= ain_m - noise and pts[i][0] < ain_ms and names[i] != "osnet_ain"]
+        lines.append(("**Within the noise floor of OSNet-AIN's held-out mAP at lower measured latency:** "
+                      + ", ".join(f"{k} ({pct(m)} mAP, {ms:.3f} ms vs {ain_ms:.3f})" for k, (ms, m) in match))
+                     if match else
+                     f"**No architecture matches OSNet-AIN's held-out mAP ({pct(ain_m)}) within the noise floor "
+                     f"({pct(noise)}) at lower measured latency.**")
+        lines.append("")
+    return lines
+
+
+def export_section(s: dict) -> list:
+    """osnas export --check of every derived genotype's retrained checkpoint."""
+    checks = s.get("export_check")
+    if not checks:
+        return []
+    lines = ["### Deployability (`osnas export --check` on the retrained checkpoints)", "",
+             "ONNX (dynamic batch) in ONNX Runtime against PyTorch fp32 at batches 1, 3 and 8; the embedding drift "
+             "when one IN site at a time runs in bf16 / fp16 (worst site); rank-1 on the first target with fp32, "
+             "bf16 (autocast) and ONNX Runtime embeddings.", "",
+             "| genotype | IN sites | passes (max rel. error) | worst IN site drift bf16 / fp16 | rank-1 fp32 → bf16 → ONNX |",
+             "|---|---:|---|---:|---:|"]
+    for k, c in checks.items():
+        r1 = (f"{pct(c['rank1_fp32'])} → {pct(c['rank1_bf16'])} → {pct(c['rank1_onnx'])}"
+              if c.get("rank1_fp32") is not None else "–")
+        lines.append(f"| {k} | {c['in_sites']} | {'yes' if c['pass'] else '**NO**'} ({c['max_rel_err']:.1e}) | "
+                     f"{c['worst_site_drift']['bf16']:.1e} / {c['worst_site_drift']['fp16']:.1e} | {r1} |")
+    n_fail = sum(not c["pass"] for c in checks.values())
+    lines += ["", f"**{len(checks) - n_fail} of {len(checks)} genotypes pass the export check.**", ""]
+    return lines
 
 
 def write_results(summaries: dict, results: Path, out: Path, argv, seconds: float, quick: bool = False) -> Path:
@@ -98,13 +161,15 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                          + " | ".join(pct(v["targets"][t]["mAP"]) for t in targets) + " |")
         lines += ["", "### Search methods", "",
                   "| method | same genotype | per-position agreement | held-out mAP (mean ± std over seeds) | "
-                  "worst percentile | Kendall τ |", "|---|---:|---:|---:|---:|---:|"]
+                  "worst percentile | Kendall τ | search wall time (min, 1 thread) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         taus = s["kendall_tau"]
         for m, r in s["methods"].items():
             tau = (f"{statistics.mean(taus):.2f} ± {statistics.stdev(taus) if len(taus) > 1 else 0:.2f}"
                    if m in ("argmax", "perturb", "consensus") and taus else "–")
             lines.append(f"| {METHOD_TEXT[m]} | {r['same_genotype']} | {100 * r['mean_position_agreement']:.0f}% | "
-                         f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f} | {tau} |")
+                         f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f} | {tau} | "
+                         f"{_minutes(s, m)} |")
         lines += ["", "Per seed (held-out mAP, percentile among the yardstick, choices):", ""]
         for m, r in s["methods"].items():
             for row in r["per_seed"]:
@@ -123,8 +188,8 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                   f"The {p['default']} genotype retrained with the noise seeds, paired with OSNet-AIN on the "
                   f"same seeds: mAP difference {pct(p['diff_mean'])} ± {pct(p['diff_std'])} points; twice the "
                   f"noise floor is {pct(2 * noise)}. **The difference is inside the noise: no win.**", ""]
-        fig = figure(name, s, results.parent / f"protocol_{name}.png")
-        lines += [f"![{name}]({fig.name})", ""]
+        lines += cost_section(s) + export_section(s)
+        lines += [f"![{name}]({f.name})" for f in figures(name, s, results.parent)] + [""]
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results}", file=sys.stderr)
     return results

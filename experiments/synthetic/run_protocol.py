@@ -16,13 +16,24 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                  yardstick distribution, held-out mAP;
 4. ranking       Kendall tau between the supernet's held-out score of each yardstick
                  architecture (one-hot weights, per lodo search seed) and its retrained mAP;
-5. paired test   the default method's genotype against OSNet-AIN over the noise seeds.
+5. paired test   the default method's genotype against OSNet-AIN over the noise seeds;
+6. budgets       (--budgets, on --budget-configs) cost-aware searches: the space profiled on
+                 the LATENCY backend (osnas profile), then BUDGET_SEEDS lodo searches per
+                 budget with search.cost_budget, derived by argmax and consensus, retrained;
+7. latency       every retrained architecture timed on the deployment path (LATENCY: ONNX
+                 Runtime, BN folded, one thread's CPU time, batch 1, the test-bed's width at
+                 the camera-end input size 256x128), interleaved with the all-BN network: the
+                 Pareto front of held-out mAP against measured latency;
+8. deployability every derived genotype's (and the published ones') retrained checkpoint exported
+                 to ONNX and checked in ONNX Runtime with a dynamic batch (osnas export --check):
+                 equality within 1e-4, bf16/fp16 drift per IN site, rank-1 fp32 vs bf16 on the
+                 first target.
 
 Every job writes its own run folder under --out and is skipped when its result is there,
 so an interrupted protocol continues where it stopped. Two jobs run at a time (--jobs), one
 thread each. Results: results.json per configuration, RESULTS.md and figures.
 
-    python experiments/synthetic/run_protocol.py --out runs/protocol            # ~2 h, 2 cores
+    python experiments/synthetic/run_protocol.py --out runs/protocol --budgets 1.03,1.06 --budget-configs style
     python experiments/synthetic/run_protocol.py --out runs/protocol-quick --quick   # minutes
 """
 
@@ -49,8 +60,12 @@ SEARCHES = {  # search variant -> extra --set overrides (on top of the configura
     "unseen": ["search.objective=unseen", "search.alpha_loss=triplet"],
 }
 METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen"}
-FULL = dict(noise_seeds=5, random=20, search_seeds=5)
-QUICK = dict(noise_seeds=2, random=4, search_seeds=2,
+# the deployment path timed: ONNX Runtime, one thread's CPU time (robust to other work on the
+# machine), batch 1, at the camera-end input size 256x128 (the networks are fully convolutional:
+# the test-bed's width, at the size a deployment feeds it; 64x32 is too small to time IN reliably)
+LATENCY = dict(backend="onnxruntime", batch=1, threads=1, clock="cpu", height=256, width=128)
+FULL = dict(noise_seeds=5, random=20, search_seeds=5, budget_seeds=3, latency_repeats=100)
+QUICK = dict(noise_seeds=2, random=4, search_seeds=2, budget_seeds=2, latency_repeats=5,
              overrides=["search.epochs=2", "search.steps_per_epoch=5", "train.epochs=1", "train.steps_per_epoch=10"])
 
 
@@ -90,6 +105,24 @@ def retrain_eval(job: dict) -> dict:
             "rank1": statistics.mean(v["rank1"] for v in t.values())}
 
 
+def export_check(job: dict) -> dict:
+    """osnas export --check of a retrained checkpoint (cached in the retrain folder)."""
+    from osnas.models.export_check import run_export_check
+
+    out = Path(job["out"])
+    report = out.with_name(out.name + ".check.json")
+    if not report.is_file():
+        run_export_check(checkpoint=job["checkpoint"], out=str(out), height=job["height"], width=job["width"],
+                         batches="1,3,8", data_root=job["root"], target=job["target"], strict=False)
+    r = json.loads(report.read_text())
+    worst = {d: max([s[d]["rel_l2"] for s in r["drift"]["sites"]] or [0.0]) for d in ("bf16", "fp16")}
+    ret = r.get("retrieval") or {}
+    return {"pass": r["pass"], "max_rel_err": max(b["rel_err"] for b in r["equality"]["batches"]),
+            "in_sites": len(r["in_sites"]), "worst_site_drift": worst,
+            "rank1_fp32": ret.get("fp32"), "rank1_bf16": ret.get("bf16"), "rank1_onnx": ret.get("onnx"),
+            "target": ret.get("target")}
+
+
 def search(job: dict) -> str:
     from osnas.search import run_search
 
@@ -109,10 +142,10 @@ def derive(job: dict) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.is_file():
         run_derive(job["runs"] if len(job["runs"]) > 1 else job["runs"][0], out=str(out), select=job["select"],
-                   data_root=job["root"])
+                   data_root=job["root"], measure=False)  # timed later, all together, with the machine idle
     g = load_genotype(out)
     return {"file": str(out), "plan": g.plan, "choices": {p: v["choice"] for p, v in g.positions.items()},
-            "agreement": dict(g.agreement or {})}
+            "agreement": dict(g.agreement or {}), "cost": dict(g.cost or {})}
 
 
 def supernet_scores(job: dict) -> list:
@@ -240,9 +273,121 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     by_out.update({j["out"]: r for j, r in zip(pjobs, pool.map(retrain_eval, pjobs, f"{name}: paired retrains"))})
     paired = [(result(modal, s)["mAP"], result(arch["osnet_ain"], s)["mAP"]) for s in noise_seeds]
 
+    # 6. cost-aware searches at each budget (the cost table profiled on the LATENCY backend)
+    budgets = {}
+    if a.budgets and name in a.budget_configs:
+        from osnas.profile import run_profile
+
+        table_file = out / f"cost_{LATENCY['backend']}.yaml"
+        if not table_file.is_file():
+            run_profile(space=cfg.search.space, arch=cfg.model.arch, backend=LATENCY["backend"],
+                        height=LATENCY["height"], width=LATENCY["width"], batch=LATENCY["batch"],
+                        threads=LATENCY["threads"], repeats=sizes["latency_repeats"], out=str(table_file),
+                        clock=LATENCY["clock"], progress=False)
+        bseeds = list(range(1, sizes["budget_seeds"] + 1))
+        bjobs = [dict(base, seed=sd, out=str(out / "search" / f"budget{b:g}" / f"seed{sd}"),
+                      overrides=extra + [f"search.cost_table={table_file}", f"search.cost_budget={b:g}"])
+                 for b in a.budgets for sd in bseeds]
+        pool.map(search, bjobs, f"{name}: cost-aware searches at budgets {', '.join(f'{b:g}' for b in a.budgets)}")
+        bd = []
+        for b in a.budgets:
+            runs = [str(out / "search" / f"budget{b:g}" / f"seed{sd}") for sd in bseeds]
+            bd += [dict(root=root, method=f"argmax@{b:g}", seed=sd, runs=[r], select="argmax",
+                        out=str(out / "derived" / f"budget{b:g}-seed{sd}.yaml")) for sd, r in zip(bseeds, runs)]
+            bd.append(dict(root=root, method=f"consensus@{b:g}", seed="all", runs=runs, select="consensus",
+                           out=str(out / "derived" / f"budget{b:g}-consensus.yaml")))
+        bderived = pool.map(derive, bd, f"{name}: derive within budget")
+        rjobs = []
+        for d in bderived:
+            o = str(out / "retrain" / _plan_id(d["plan"]) / "seed1")
+            if o not in by_out and o not in {j["out"] for j in rjobs}:
+                rjobs.append(dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=1, out=o))
+        by_out.update({j["out"]: r for j, r in zip(rjobs, pool.map(retrain_eval, rjobs, f"{name}: budget retrains"))})
+        for j, d in zip(bd, bderived):
+            r = result(d["plan"])
+            budgets.setdefault(j["method"], {"per_seed": [], "budget": float(j["method"].split("@")[1])})
+            budgets[j["method"]]["per_seed"].append({"seed": j["seed"], "choices": d["choices"], "mAP": r["mAP"],
+                                                     "rank1": r["rank1"], "cost": d.get("cost", {}),
+                                                     "plan": d["plan"]})
+
+    # 7. latency of every retrained architecture, timed together on the deployment path
+    plans = {k: p for k, p in arch.items()}
+    plans.update({Path(d["file"]).stem: d["plan"] for d in derived})
+    plans.update({f"{m}-{row['seed']}": row["plan"] for m, v in budgets.items() for row in v["per_seed"]})
+    latency = measure_latencies(plans, cfg, sizes["latency_repeats"])
+    for v in budgets.values():
+        for row in v["per_seed"]:
+            plan = row.pop("plan")
+            row["plan_json"] = json.dumps(plan, sort_keys=True)
+            row["latency_ms"] = latency[_plan_id(plan)]["median_ms"]
+            row["relative_latency"] = latency[_plan_id(plan)]["relative"]
+
+    # 8. deployability of every derived genotype and the published ones (trained weights, seed 1)
+    checked = {k: p for k, p in arch.items() if k in NAMED}
+    checked.update({Path(d["file"]).stem: d["plan"] for d in derived})
+    checked.update({f"{m}-{row['seed']}": json.loads(row["plan_json"]) for m, v in budgets.items()
+                    for row in v["per_seed"]})
+    distinct = {}
+    for k, p in checked.items():
+        distinct.setdefault(_plan_id(p), k)
+    ejobs = [dict(root=root, checkpoint=str(out / "retrain" / pid / "seed1" / "checkpoint.pth"),
+                  out=str(out / "retrain" / pid / "seed1" / "model.onnx"), height=cfg.data.height,
+                  width=cfg.data.width, target=cfg.data.targets[0]) for pid in distinct]
+    checks = dict(zip(distinct.values(), pool.map(export_check, ejobs, f"{name}: export --check")))
+
     summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
+    summary["export_check"] = checks
+    _add_latency(summary, arch, derived, djobs, latency)
+    summary["budgets"] = budgets
+    summary["search_minutes"] = {v: [search_minutes(out / "search" / v / f"seed{sd}") for sd in seeds]
+                                 for v in SEARCHES}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def measure_latencies(plans: dict, cfg, repeats: int) -> dict:
+    """{plan id: {median_ms, iqr_ms, relative}} of every distinct plan, timed interleaved with the
+    all-BN network on the LATENCY backend and input size, at the test-bed's width."""
+    from osnas.models import build_model
+    from osnas.models.genotype import Genotype
+    from osnas.search.budget import measure_networks
+
+    nets = {"all_bn": build_model(cfg.model.arch).eval()}
+    for p in plans.values():
+        nets.setdefault(_plan_id(p), build_model(Genotype(plan=p, arch=cfg.model.arch)).eval())
+    print(f"latency: {len(nets)} networks, {LATENCY}", file=sys.stderr, flush=True)
+    t = measure_networks(nets, LATENCY["backend"], LATENCY["height"], LATENCY["width"], LATENCY["batch"],
+                         LATENCY["threads"], repeats, LATENCY["clock"])
+    ref = t["all_bn"]["median_ms"]
+    return {k: {"median_ms": v["median_ms"], "iqr_ms": v["iqr_ms"], "relative": v["median_ms"] / ref}
+            for k, v in t.items()}
+
+
+def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency: dict) -> None:
+    for k, p in arch.items():
+        summary["yardstick"][k]["latency_ms"] = latency[_plan_id(p)]["median_ms"]
+        summary["yardstick"][k]["relative_latency"] = latency[_plan_id(p)]["relative"]
+    for m, r in summary["methods"].items():
+        rows = [d for j, d in zip(djobs, derived) if j["method"] == m]
+        for row, d in zip(r["per_seed"], rows):
+            row["latency_ms"] = latency[_plan_id(d["plan"])]["median_ms"]
+            row["relative_latency"] = latency[_plan_id(d["plan"])]["relative"]
+    summary["latency"] = dict(LATENCY, all_bn_ms=latency["all_bn"]["median_ms"],
+                              all_bn_iqr_ms=latency["all_bn"]["iqr_ms"])
+
+
+def search_minutes(run_dir) -> float:
+    """Wall time of a search run from its log.txt (first line to the `done:` line; HH:MM:SS)."""
+    lines = [ln for ln in (Path(run_dir) / "log.txt").read_text().splitlines() if ln[:8].count(":") == 2]
+    done = [ln for ln in lines if " done: " in ln]
+    if not lines or not done:
+        return float("nan")
+
+    def sec(ln):
+        h, m, x = (int(v) for v in ln[:8].split(":"))
+        return 3600 * h + 60 * m + x
+
+    return ((sec(done[-1]) - sec(lines[0])) % 86400) / 60.0
 
 
 def _modal(plans: list) -> dict:
@@ -314,7 +459,16 @@ def main():
     ap.add_argument("--jobs", type=int, default=2, help="jobs run at a time (one thread each)")
     ap.add_argument("--default", default="consensus", choices=METHODS, help="the method the paired test checks")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
+    ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
+                                                   "searches (e.g. 1.01,1.03); none by default")
+    ap.add_argument("--budget-configs", default="", help="the configurations the --budgets searches run on "
+                                                          "(comma-separated; default: all of --configs)")
     a = ap.parse_args()
+    a.budget_configs = [c for c in (a.budget_configs or a.configs).split(",") if c]
+    try:
+        a.budgets = [float(b) for b in a.budgets.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"run_protocol: --budgets {a.budgets!r}: expected comma-separated numbers") from None
     sizes = QUICK if a.quick else FULL
     if a.quick:  # smaller generated domains too (unless the caller chose a preset)
         os.environ.setdefault("OSNAS_SYNTH_PRESET", "small")

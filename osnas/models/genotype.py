@@ -58,6 +58,9 @@ class Genotype:
     select: str = ""
     agreement: dict = field(default_factory=dict)  # position -> fraction of runs agreeing (1.0 for one run)
     runs: list = field(default_factory=list)  # the search run folders the genotype was derived from
+    # the deployment cost (osnas.search.budget.cost_record): backend, predicted `relative` latency
+    # (to the all-BN network) and `predicted_ms`, the budget, and when timed `latency_ms`
+    cost: dict = field(default_factory=dict)
 
     def __post_init__(self):
         full = check_plan(self.plan)

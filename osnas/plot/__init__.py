@@ -5,6 +5,8 @@ What is drawn depends on what each folder holds:
                (+ seeds_agreement and seeds_trajectories when several search runs share a space)
   retrain run  training (+ results and retrieval_<target> when RUN/eval/metrics.json exists)
   eval folder  (holding metrics.json) results and retrieval_<target>
+  comparison   (holding results.json of run_protocol.py) distribution, agreement (+ pareto when
+               latencies are recorded): see osnas/plot/comparison.py
   --metrics    results (mean ± std over files sharing model labels) and retrieval_<target>
 With several runs, per-run figures get the run folder's name as suffix (alpha_heatmap_run1.png).
 Figures go to --out (default RUN/plots for one run, else ./plots); each written path is printed.
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from osnas.errors import OsnasError
-from osnas.plot.readers import Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
+from osnas.plot.readers import Comparison, Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
 
 FORMATS = ("png", "svg")
 
@@ -73,6 +75,14 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
         yield f"seeds_trajectories{tag}", S.seeds_trajectories(g)
     for r in retrain:
         yield f"training{suffix(r)}", R.training(r)
+    for r in (r for r in loaded if isinstance(r, Comparison)):
+        from osnas.plot import comparison as K
+
+        yield f"distribution{suffix(r)}", K.distribution(r.data)
+        if r.data.get("methods"):
+            yield f"agreement{suffix(r)}", K.agreement(r.data)
+        if K.has_latency(r.data):
+            yield f"pareto{suffix(r)}", K.pareto(r.data)
     if metrics:
         yield "results", R.results(metrics)
         first = {}

@@ -85,7 +85,17 @@ class Metrics:
         return self.data["models"]
 
 
-Run = Union[SearchRun, RetrainRun, EvalFolder]
+@dataclass
+class Comparison:
+    """A comparison folder: results.json with retrained architectures (osnas.plot.comparison)."""
+
+    path: Path
+    data: dict
+    label: str = ""
+    slug: str = ""
+
+
+Run = Union[SearchRun, RetrainRun, EvalFolder, Comparison]
 
 
 # ----------------------------------------------------------------------------- files
@@ -118,6 +128,8 @@ def load_run(path) -> Run:
         meta, stage = {}, "retrain"
     elif (p / "metrics.json").is_file():
         return EvalFolder(path=p)
+    elif (p / "results.json").is_file():
+        return load_comparison(p / "results.json")
     else:
         subs = sorted(d.name for d in p.iterdir() if d.is_dir() and (d / "run.json").is_file())
         hint = f"; it holds runs {', '.join(subs[:8])}: pass those" if subs else ""
@@ -255,3 +267,24 @@ def run_metrics(run: Run) -> Optional[Path]:
         if f.is_file():
             return f
     return None
+
+
+def load_comparison(path: Path) -> Comparison:
+    """results.json of a comparison: yardstick {name: {mAP, rank1, [latency_ms]}}, methods, noise."""
+    d = _read_mapping(path, "comparison results (results.json)")
+    yard = d.get("yardstick")
+    if not isinstance(yard, dict) or not yard:
+        raise OsnasError(f"{path}: expected 'yardstick' {{architecture: {{mAP, rank1}}}} (run_protocol.py results)")
+    for k, v in yard.items():
+        if not isinstance(v, dict) or not _num(v.get("mAP")):
+            raise OsnasError(f"{path}: yardstick {k!r}: expected a numeric 'mAP' (a fraction)")
+    methods = d.get("methods", {})
+    if not isinstance(methods, dict):
+        raise OsnasError(f"{path}: 'methods' must be a mapping of method -> results")
+    for m, r in methods.items():
+        rows = r.get("per_seed") if isinstance(r, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(x, dict) and _num(x.get("mAP")) for x in rows):
+            raise OsnasError(f"{path}: method {m!r}: expected 'per_seed' [{{seed, mAP}}, ...]")
+        if not _num(r.get("mean_position_agreement", 0.0)):
+            raise OsnasError(f"{path}: method {m!r}: 'mean_position_agreement' must be a number")
+    return Comparison(path=path.parent, data=d)

@@ -8,7 +8,9 @@ Every step, as in DARTS (Liu et al., ICLR 2019):
   2. a weight step on the training batch of the other sources.
 With `search.order=single` (the reference search) the alphas follow the training loss itself.
 Alphas are frozen for the first `search.warmup_epochs`, then step every `search.alpha_every`
-weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss. The run folder (osnas.rundir) gets
+weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss, and a
+deployment budget (`search.cost_budget` on `search.cost_table`, budget.py) scales it when the
+alphas' expected latency exceeds the budget. The run folder (osnas.rundir) gets
 config.yaml, space.yaml, run.json, alphas.jsonl (every step), checkpoint.pth, final_alphas.json;
 the session around the loop (osnas.session) handles resume, saves, Ctrl-C and NaN stops.
 """
@@ -30,6 +32,7 @@ from osnas.models.osnet import WIDTHS
 from osnas.models.space import SearchSpace, load_space
 from osnas.models.supernet import Supernet
 from osnas.rundir import (ALPHA_HISTORY, CHECKPOINT, FINAL_ALPHAS, RUN_JSON, SEARCH_RESUME_KEYS, SPACE)
+from osnas.search import budget
 from osnas.search.architect import ORDERS, Architect
 from osnas.search.batches import OBJECTIVES, SearchBatches
 from osnas.session import TrainingSession, resolve_run_config
@@ -55,6 +58,7 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
 def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     s, d = cfg.search, cfg.data
     space = validate_search_config(cfg)
+    table = budget.cost_table(s.cost_table, space, cfg.model.arch, d.height, d.width)  # None: no cost term
     with TrainingSession("search", run_dir, cfg.run, ctx, resume, checkpoint=CHECKPOINT, log_name=ALPHA_HISTORY,
                          log_cut=("step", "global_step"), resume_keys=SEARCH_RESUME_KEYS,
                          continue_cmd=f"osnas search --out {run_dir} --resume",
@@ -69,6 +73,8 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
         loss_w_fn = make_loss_fn("id" if s.alpha_loss == "triplet" else s.alpha_loss, s.label_smooth, s.margin)
         entropy_w = [0.0]  # the entropy term's weight, ramped up over the alpha epochs
         loss_a_fn = with_entropy(make_loss_fn(s.alpha_loss, s.label_smooth, s.margin), model, entropy_w)
+        if table is not None:  # the alpha loss times max(1, E[cost] / budget) ** cost_weight
+            loss_a_fn = budget.with_cost(loss_a_fn, model, table, s.cost_budget, s.cost_weight)
         wrapped = dist.wrap(model, ctx)  # DDP averages weight (and alpha) gradients of the weight step
         architect = Architect(model, loss_a_fn, a_opt, order=s.order, w_optimizer=w_opt, grad_clip=s.grad_clip,
                               reduce_fn=(lambda gs: dist.allreduce_mean(gs, ctx)) if ctx.distributed else None)
@@ -125,7 +131,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                     dist.check_consistent(dist.model_groups(model, model.arch_parameters(), buffers=False), ctx,
                                           f"search step {global_step}")
                 step_in_epoch, global_step = step_in_epoch + 1, global_step + 1
-                run.record(history_row(model, global_step - 1, epoch, loss_w, loss_a))
+                run.record(history_row(model, global_step - 1, epoch, loss_w, loss_a, table))
                 run.tick(epoch=epoch, loss=loss_w, tau=model.tau)
                 if global_step % cfg.run.log_every == 0 and ctx.is_main:
                     log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
@@ -183,6 +189,15 @@ def validate_search_config(cfg: Config) -> SearchSpace:
         raise OsnasError(f"search.alpha_every must be >= 1, got {s.alpha_every}")
     if s.entropy_weight < 0:
         raise OsnasError(f"search.entropy_weight must be >= 0, got {s.entropy_weight}")
+    budget.check_budget(s.cost_budget)
+    if s.cost_weight < 0:
+        raise OsnasError(f"search.cost_weight must be >= 0, got {s.cost_weight}")
+    if s.cost_budget > 0 and not str(s.cost_table).strip():
+        raise OsnasError(f"search.cost_budget={s.cost_budget:g} needs search.cost_table: a cost table file from "
+                         f"`osnas profile`, or proxy")
+    if str(s.cost_table).strip() and s.order == "single":
+        raise OsnasError("search.cost_table works with the bilevel search (search.order first or second); the "
+                         "single-level search has no separate alpha loss to weigh against the cost")
     if s.objective == "unseen" and s.alpha_loss != "triplet":
         raise OsnasError(f"search.objective=unseen judges alphas on identities the classifier never saw: it needs "
                          f"search.alpha_loss=triplet, got {s.alpha_loss}")
@@ -233,15 +248,19 @@ def with_entropy(loss_fn, model: Supernet, weight: list):
 
 
 # ----------------------------------------------------------------------------- records
-def history_row(model: Supernet, step: int, epoch: int, loss_w: float, loss_a: Optional[float]) -> dict:
-    """One row of alphas.jsonl: alphas, probabilities and entropy of every position, and the losses."""
+def history_row(model: Supernet, step: int, epoch: int, loss_w: float, loss_a: Optional[float],
+                table=None) -> dict:
+    """One row of alphas.jsonl: alphas, probabilities and entropy of every position, the losses,
+    and with a cost table the expected relative cost of the alphas."""
     probs = model.probs()
+    extra = {"cost": round(budget.expected_cost(model, table), 6)} if table is not None else {}
     return {
         "step": step, "epoch": epoch, "tau": model.tau, "loss_w": round(loss_w, 6),
         "loss_a": None if loss_a is None else round(loss_a, 6),
         "alphas": {p.name: [round(float(v), 6) for v in a.detach()] for p, a in zip(model.positions, model.alphas)},
         "probs": {p.name: {c: round(float(v), 6) for c, v in zip(p.names, pr)} for p, pr in zip(model.positions, probs)},
         "entropy": {p.name: round(relax.entropy(pr), 6) for p, pr in zip(model.positions, probs)},
+        **extra,
     }
 
 
@@ -258,7 +277,8 @@ def _write_start(cfg: Config, run_dir: Path, model: Supernet, data: SearchBatche
                                     "space_sha256": model.space.sha256, "seed": seed, "arch": cfg.model.arch,
                                     "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
                                     "shared": s.shared, "alpha_every": s.alpha_every,
-                                    "entropy_weight": s.entropy_weight,
+                                    "entropy_weight": s.entropy_weight, "cost_table": s.cost_table,
+                                    "cost_budget": s.cost_budget,
                                     "unseen_domain": data.domains[data.unseen] if data.unseen is not None else None,
                                     "world_size": ctx.world_size})
     log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "

@@ -1,0 +1,52 @@
+"""`osnas plot` on a comparison folder (results.json of the trustworthy-search protocol): the
+distribution of retrained architectures with the searched ones marked, seed agreement, and
+the Pareto front of held-out mAP against latency when latencies are recorded."""
+
+import json
+
+import pytest
+
+from osnas.errors import OsnasError
+from osnas.plot import run_plot
+from osnas.plot.comparison import pareto_front
+
+
+def _results(latency: bool) -> dict:
+    yard = {f"random{i:02d}": {"mAP": 0.05 + 0.01 * i, "rank1": 0.1} for i in range(6)}
+    yard.update({"osnet": {"mAP": 0.07, "rank1": 0.1}, "osnet_ibn": {"mAP": 0.08, "rank1": 0.1},
+                 "osnet_ain": {"mAP": 0.09, "rank1": 0.1}})
+    if latency:
+        for i, v in enumerate(yard.values()):
+            v["latency_ms"] = 1.0 + 0.1 * i
+    row = {"seed": 1, "mAP": 0.1, **({"latency_ms": 1.2} if latency else {})}
+    return {"yardstick": yard, "noise": {"mAP_std": 0.005},
+            "methods": {"argmax": {"per_seed": [row, dict(row, seed=2)], "mean_position_agreement": 0.8},
+                        "consensus": {"per_seed": [row], "mean_position_agreement": 0.9}}}
+
+
+@pytest.mark.parametrize("latency", [False, True])
+def test_comparison_folder_draws_distribution_agreement_and_pareto(tmp_path, latency):
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "results.json").write_text(json.dumps(_results(latency)))
+    written = run_plot([str(tmp_path / "cmp")], out=str(tmp_path / "plots"))
+    names = sorted(p.split("/")[-1] for p in written)
+    assert names == sorted(["distribution.png", "agreement.png"] + (["pareto.png"] if latency else []))
+    assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in names)
+
+
+def test_comparison_bad_results_name_the_file(tmp_path):
+    (tmp_path / "cmp").mkdir()
+    bad = _results(False)
+    bad["methods"]["argmax"]["per_seed"][0]["mAP"] = "high"
+    (tmp_path / "cmp" / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(OsnasError, match=r"results.json: method 'argmax'"):
+        run_plot([str(tmp_path / "cmp")], out=str(tmp_path / "plots"))
+    (tmp_path / "cmp" / "results.json").write_text(json.dumps({"yardstick": {}}))
+    with pytest.raises(OsnasError, match="yardstick"):
+        run_plot([str(tmp_path / "cmp")], out=str(tmp_path / "plots"))
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(1.0, 5.0), (2.0, 4.0), (2.0, 7.0), (3.0, 7.0), (4.0, 9.0), (0.5, 1.0)]
+    # (2, 4) is beaten by (1, 5); (3, 7) ties (2, 7) on mAP at a higher latency
+    assert [pts[i] for i in pareto_front(pts)] == [(0.5, 1.0), (1.0, 5.0), (2.0, 7.0), (4.0, 9.0)]
