@@ -18,10 +18,10 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                  architecture (one-hot weights, per lodo search seed) and its retrained mAP;
 5. paired test   the default method's genotype against OSNet-AIN over the noise seeds;
 6. budgets       (--budgets, on --budget-configs) cost-aware searches: the space profiled on
-                 the LATENCY backend (osnas profile), then BUDGET_SEEDS lodo searches per
+                 the LATENCY backend (osnas profile, cost_<backend>.yaml), then BUDGET_SEEDS lodo searches per
                  budget with search.cost_budget, derived by argmax and consensus, retrained;
-7. latency       every retrained architecture timed on the deployment path (LATENCY: ONNX
-                 Runtime, BN folded, one thread's CPU time, batch 1, the test-bed's width at
+7. latency       every retrained architecture timed on the deployment path (LATENCY: eager
+                 fp32, BN folded, one thread's CPU time, batch 1, the test-bed's width at
                  the camera-end input size 256x128), interleaved with the all-BN network: the
                  Pareto front of held-out mAP against measured latency;
 8. deployability every derived genotype's (and the published ones') retrained checkpoint exported
@@ -60,10 +60,12 @@ SEARCHES = {  # search variant -> extra --set overrides (on top of the configura
     "unseen": ["search.objective=unseen", "search.alpha_loss=triplet"],
 }
 METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen"}
-# the deployment path timed: ONNX Runtime, one thread's CPU time (robust to other work on the
-# machine), batch 1, at the camera-end input size 256x128 (the networks are fully convolutional:
-# the test-bed's width, at the size a deployment feeds it; 64x32 is too small to time IN reliably)
-LATENCY = dict(backend="onnxruntime", batch=1, threads=1, clock="cpu", height=256, width=128)
+# the deployment path timed: eager PyTorch fp32 with BN folded, one thread's CPU time (robust to
+# other work on the machine), batch 1, at the camera-end input size 256x128 (the networks are fully
+# convolutional: the test-bed's width, at the size a deployment feeds it; 64x32 is too small to time
+# IN reliably). ONNX Runtime was tried first: on this machine three copies of the same network,
+# each in its own session, timed 2.90-3.34 ms (13% apart), eager 20.08-20.29 ms (1%).
+LATENCY = dict(backend="eager", batch=1, threads=1, clock="cpu", height=256, width=128)
 FULL = dict(noise_seeds=5, random=20, search_seeds=5, budget_seeds=3, latency_repeats=100)
 QUICK = dict(noise_seeds=2, random=4, search_seeds=2, budget_seeds=2, latency_repeats=5,
              overrides=["search.epochs=2", "search.steps_per_epoch=5", "train.epochs=1", "train.steps_per_epoch=10"])
@@ -153,6 +155,9 @@ def supernet_scores(job: dict) -> list:
     from osnas.derive import PerturbScorer, load_run
     from osnas.derive import onehot
 
+    cache = Path(job["run"]) / f"scores_{_plan_id({'choices': job['choices'], 'batches': job['batches']})}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
     run = load_run(job["run"])
     scorer = PerturbScorer(run, batches=job["batches"], data_root=job["root"])
     space = run.space
@@ -160,6 +165,7 @@ def supernet_scores(job: dict) -> list:
     for choices in job["choices"]:
         w = [onehot(len(p.candidates), p.names.index(choices[p.name])) for p in space.positions]
         out.append(scorer(w))
+    cache.write_text(json.dumps(out))
     return out
 
 
@@ -285,17 +291,18 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
                         threads=LATENCY["threads"], repeats=sizes["latency_repeats"], out=str(table_file),
                         clock=LATENCY["clock"], progress=False)
         bseeds = list(range(1, sizes["budget_seeds"] + 1))
-        bjobs = [dict(base, seed=sd, out=str(out / "search" / f"budget{b:g}" / f"seed{sd}"),
+        bjobs = [dict(base, seed=sd, out=str(out / "search" / f"budget{b:g}-{LATENCY['backend']}" / f"seed{sd}"),
                       overrides=extra + [f"search.cost_table={table_file}", f"search.cost_budget={b:g}"])
                  for b in a.budgets for sd in bseeds]
         pool.map(search, bjobs, f"{name}: cost-aware searches at budgets {', '.join(f'{b:g}' for b in a.budgets)}")
         bd = []
         for b in a.budgets:
-            runs = [str(out / "search" / f"budget{b:g}" / f"seed{sd}") for sd in bseeds]
+            runs = [str(out / "search" / f"budget{b:g}-{LATENCY['backend']}" / f"seed{sd}") for sd in bseeds]
             bd += [dict(root=root, method=f"argmax@{b:g}", seed=sd, runs=[r], select="argmax",
-                        out=str(out / "derived" / f"budget{b:g}-seed{sd}.yaml")) for sd, r in zip(bseeds, runs)]
+                        out=str(out / "derived" / f"budget{b:g}-{LATENCY['backend']}-seed{sd}.yaml"))
+                   for sd, r in zip(bseeds, runs)]
             bd.append(dict(root=root, method=f"consensus@{b:g}", seed="all", runs=runs, select="consensus",
-                           out=str(out / "derived" / f"budget{b:g}-consensus.yaml")))
+                           out=str(out / "derived" / f"budget{b:g}-{LATENCY['backend']}-consensus.yaml")))
         bderived = pool.map(derive, bd, f"{name}: derive within budget")
         rjobs = []
         for d in bderived:
@@ -303,12 +310,22 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
             if o not in by_out and o not in {j["out"] for j in rjobs}:
                 rjobs.append(dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=1, out=o))
         by_out.update({j["out"]: r for j, r in zip(rjobs, pool.map(retrain_eval, rjobs, f"{name}: budget retrains"))})
+        # each budget's consensus genotype over the noise seeds, paired with OSNet-AIN
+        cons = {j["method"]: d["plan"] for j, d in zip(bd, bderived) if j["method"].startswith("consensus@")}
+        pj = [dict(base, genotype=genotype_file(f"{m.replace('@', '-at-')}", p), name=m, seed=sd,
+                   out=str(out / "retrain" / _plan_id(p) / f"seed{sd}")) for m, p in cons.items() for sd in noise_seeds]
+        pj = [j for j in pj if j["out"] not in by_out]
+        by_out.update({j["out"]: r for j, r in zip(pj, pool.map(retrain_eval, pj, f"{name}: budget paired retrains"))})
         for j, d in zip(bd, bderived):
             r = result(d["plan"])
             budgets.setdefault(j["method"], {"per_seed": [], "budget": float(j["method"].split("@")[1])})
             budgets[j["method"]]["per_seed"].append({"seed": j["seed"], "choices": d["choices"], "mAP": r["mAP"],
                                                      "rank1": r["rank1"], "cost": d.get("cost", {}),
                                                      "plan": d["plan"]})
+        for m, p in cons.items():
+            diffs = [result(p, sd)["mAP"] - result(arch["osnet_ain"], sd)["mAP"] for sd in noise_seeds]
+            budgets[m]["paired"] = {"diffs": diffs, "diff_mean": statistics.mean(diffs),
+                                    "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
 
     # 7. latency of every retrained architecture, timed together on the deployment path
     plans = {k: p for k, p in arch.items()}
@@ -358,9 +375,15 @@ def measure_latencies(plans: dict, cfg, repeats: int) -> dict:
     print(f"latency: {len(nets)} networks, {LATENCY}", file=sys.stderr, flush=True)
     t = measure_networks(nets, LATENCY["backend"], LATENCY["height"], LATENCY["width"], LATENCY["batch"],
                          LATENCY["threads"], repeats, LATENCY["clock"])
-    ref = t["all_bn"]["median_ms"]
-    return {k: {"median_ms": v["median_ms"], "iqr_ms": v["iqr_ms"], "relative": v["median_ms"] / ref}
-            for k, v in t.items()}
+    # relative latency: the median over rounds of (this network / the all-BN network) in the same
+    # round, so a drift of the machine's speed between rounds cancels (a ratio of medians does not)
+    ref = t["all_bn"]["times_ms"]
+    out = {}
+    for k, v in t.items():
+        ratios = [a / b for a, b in zip(v["times_ms"], ref)]
+        q1, med, q3 = statistics.quantiles(ratios, n=4)
+        out[k] = {"median_ms": v["median_ms"], "iqr_ms": v["iqr_ms"], "relative": med, "relative_iqr": q3 - q1}
+    return out
 
 
 def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency: dict) -> None:
@@ -373,7 +396,9 @@ def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency:
             row["latency_ms"] = latency[_plan_id(d["plan"])]["median_ms"]
             row["relative_latency"] = latency[_plan_id(d["plan"])]["relative"]
     summary["latency"] = dict(LATENCY, all_bn_ms=latency["all_bn"]["median_ms"],
-                              all_bn_iqr_ms=latency["all_bn"]["iqr_ms"])
+                              all_bn_iqr_ms=latency["all_bn"]["iqr_ms"],
+                              osnet_relative=latency[_plan_id(arch["osnet"])]["relative"],
+                              osnet_relative_iqr=latency[_plan_id(arch["osnet"])]["relative_iqr"])
 
 
 def search_minutes(run_dir) -> float:
@@ -438,7 +463,8 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
         "config": {"sources": cfg.data.sources, "targets": cfg.data.targets, "space": space.name,
                    "arch": cfg.model.arch, "search_steps": cfg.search.epochs * cfg.search.steps_per_epoch,
                    "retrain_steps": cfg.train.epochs * cfg.train.steps_per_epoch},
-        "noise": {"mAP": nm, "rank1": [r["rank1"] for r in noise], "mAP_std": statistics.stdev(nm) if len(nm) > 1 else 0,
+        "noise": {"mAP": nm, "rank1": [r["rank1"] for r in noise],
+                  "mAP_std": statistics.stdev(nm) if len(nm) > 1 else 0,
                   "rank1_std": statistics.stdev([r["rank1"] for r in noise]) if len(nm) > 1 else 0,
                   "targets": [r["targets"] for r in noise]},
         "yardstick": {k: v for k, v in yard.items()},

@@ -2,7 +2,7 @@
 
 A comparison folder holds `results.json` (written by experiments/synthetic/run_protocol.py):
 
-    yardstick  {name: {mAP, rank1, [latency_ms]}}   architectures retrained once each: random
+    yardstick  {name: {mAP, rank1, [latency_ms], [relative_latency]}}  architectures retrained once: random
                draws from the space (names random*) and the published ones (osnet, osnet_ibn,
                osnet_ain)
     methods    {method: {per_seed: [{seed, mAP, [latency_ms]}], mean_position_agreement}}
@@ -31,6 +31,13 @@ RANDOM_COLOR = "#8c8c8c"
 MARKERS = {"argmax": "o", "perturb": "s", "consensus": "*", "anneal": "^", "unseen": "D"}
 
 
+PALETTE = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "#1b9e77", "#d95f02", "#7570b3"]  # no grey (C7)
+
+
+def _color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
 def _marker(method: str, i: int) -> str:
     return MARKERS.get(method.split("@")[0], "ovs^DPX"[i % 7])
 
@@ -45,13 +52,14 @@ def distribution(data: dict, title: str = "") -> Figure:
     x0 = len(order) + 1  # one column per method right of the sorted yardstick: a marker per seed
     for i, (m, r) in enumerate(methods.items()):
         ys = [100 * row["mAP"] for row in r["per_seed"]]
-        ax.plot([x0 + i] * len(ys), ys, ls="none", marker=_marker(m, i), color=f"C{i}", ms=8, alpha=0.8)
+        ax.plot([x0 + i] * len(ys), ys, ls="none", marker=_marker(m, i), color=_color(i), ms=8, alpha=0.8)
     ax.set_xticks(list(range(len(order))) + [x0 + i for i in range(len(methods))],
                   [k if not k.startswith("random") else "" for k in order] + list(methods), rotation=60, fontsize=7)
     noise = float(data.get("noise", {}).get("mAP_std", 0.0))
     if "osnet_ain" in yard and noise > 0:
         m = 100 * yard["osnet_ain"]["mAP"]
-        ax.axhspan(m - 200 * noise, m + 200 * noise, color=NAMED_COLOR, alpha=0.12, zorder=0, label="OSNet-AIN ± 2 noise std")
+        ax.axhspan(m - 200 * noise, m + 200 * noise, color=NAMED_COLOR, alpha=0.12, zorder=0,
+                   label="OSNet-AIN ± 2 noise std")
         ax.legend(fontsize=7, loc="upper left")
     ax.set_ylabel("held-out mAP (%)")
     ax.set_title(title or "random architectures (grey, sorted), published (red), searched (a marker per seed)",
@@ -65,7 +73,7 @@ def agreement(data: dict, title: str = "") -> Figure:
     ax = fig.add_subplot(1, 1, 1)
     names = list(methods)
     ax.bar(names, [100 * methods[m]["mean_position_agreement"] for m in names],
-           color=[f"C{i}" for i in range(len(names))])
+           color=[_color(i) for i in range(len(names))])
     ax.axhline(90, color="k", ls="--", lw=0.8, label="target 90%")
     ax.set_ylim(0, 105)
     ax.set_ylabel("per-position agreement over seeds (%)")
@@ -91,30 +99,40 @@ def pareto_front(points: List[Tuple[float, float]]) -> List[int]:
     return front
 
 
+def latency_key(data: dict) -> str:
+    """`relative_latency` (to the all-BN network, timed in the same rounds: drift cancels) where
+    every timed architecture has it, else `latency_ms`."""
+    rows = [v for v in data.get("yardstick", {}).values() if "latency_ms" in v]
+    rows += [row for r in {**data.get("methods", {}), **data.get("budgets", {})}.values()
+             for row in r["per_seed"] if "latency_ms" in row]
+    return "relative_latency" if rows and all("relative_latency" in v for v in rows) else "latency_ms"
+
+
 def pareto(data: dict, title: str = "") -> Figure:
     yard, methods = data["yardstick"], data.get("methods", {})
+    key = latency_key(data)
     fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     pts, labels = [], []
     for k, v in yard.items():
-        if "latency_ms" in v:
-            pts.append((v["latency_ms"], 100 * v["mAP"]))
+        if key in v:
+            pts.append((v[key], 100 * v["mAP"]))
             labels.append(k)
     rnd = [p for p, k in zip(pts, labels) if k not in NAMED]
     if rnd:
         ax.scatter(*zip(*rnd), color=RANDOM_COLOR, s=18, label="random architectures")
     for k in NAMED:
-        if k in yard and "latency_ms" in yard[k]:
-            ax.scatter([yard[k]["latency_ms"]], [100 * yard[k]["mAP"]], color=NAMED_COLOR, marker="P", s=70)
-            ax.annotate(k, (yard[k]["latency_ms"], 100 * yard[k]["mAP"]), fontsize=7, xytext=(4, 4),
+        if k in yard and key in yard[k]:
+            ax.scatter([yard[k][key]], [100 * yard[k]["mAP"]], color=NAMED_COLOR, marker="P", s=70)
+            ax.annotate(k, (yard[k][key], 100 * yard[k]["mAP"]), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")
     budgets = data.get("budgets", {})  # cost-aware searches: method@budget -> per_seed
     for i, (m, r) in enumerate({**methods, **budgets}.items()):
-        rows = [row for row in r["per_seed"] if "latency_ms" in row]
+        rows = [row for row in r["per_seed"] if key in row]
         if rows:
-            ax.scatter([row["latency_ms"] for row in rows], [100 * row["mAP"] for row in rows], marker=_marker(m, i),
-                       color=f"C{i}", s=45, alpha=0.85, label=m)
-            pts += [(row["latency_ms"], 100 * row["mAP"]) for row in rows]
+            ax.scatter([row[key] for row in rows], [100 * row["mAP"] for row in rows], marker=_marker(m, i),
+                       color=_color(i), s=45, alpha=0.85, label=m)
+            pts += [(row[key], 100 * row["mAP"]) for row in rows]
     if pts:
         front = [pts[i] for i in pareto_front(pts)]
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=0.9, alpha=0.6,
@@ -124,8 +142,10 @@ def pareto(data: dict, title: str = "") -> Figure:
         m = 100 * yard["osnet_ain"]["mAP"]
         ax.axhspan(m - 200 * noise, m + 200 * noise, color=NAMED_COLOR, alpha=0.1, label="OSNet-AIN ± 2 noise std")
     unit = data.get("latency", {})
-    ax.set_xlabel(f"measured latency (ms{', ' + unit['backend'] if unit.get('backend') else ''}"
-                  f"{', batch ' + str(unit['batch']) if unit.get('batch') else ''})")
+    how = (f"{unit['backend']}, batch {unit.get('batch', '?')}, {unit.get('height', '?')}x{unit.get('width', '?')}"
+           if unit.get("backend") else "")
+    ax.set_xlabel(f"measured latency relative to the all-BN network ({how})" if key == "relative_latency"
+                  else f"measured latency (ms{', ' + how if how else ''})")
     ax.set_ylabel("held-out mAP (%)")
     ax.set_title(title or "held-out mAP against deployment latency", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
