@@ -127,8 +127,11 @@ def cost_section(s: dict) -> list:
     front = pareto_front(pts)
     lines += ["", "Pareto front (lowest relative latency first): " + ", ".join(
         f"{names[i]} ({pct(pts[i][1])} mAP, {pts[i][0]:.3f})" for i in front) + ".", ""]
-    # the timing noise floor: plain OSNet and the all-BN reference are the same network, timed apart
-    lat_noise = abs(lat["osnet_relative"] - 1.0) if "osnet_relative" in lat else 0.0
+    # the timing noise floor: plain OSNet and the all-BN reference are the same network, timed apart;
+    # at least twice the standard error of a median ratio (1.2533 sigma / sqrt(n), sigma = IQR / 1.349)
+    n = lat.get("repeats", 100)
+    se = 1.2533 * (lat.get("osnet_relative_iqr", 0.0) / 1.349) / n ** 0.5
+    lat_noise = max(abs(lat.get("osnet_relative", 1.0) - 1.0), 2 * se)
     if s.get("budgets"):
         lines += ["Cost-aware searches: each derived genotype's predicted cost (the profiled cost table) and "
                   "measured cost, both relative to the all-BN network; within budget = measured ≤ budget + "
@@ -155,8 +158,9 @@ def cost_section(s: dict) -> list:
                  and pts[i][1] >= ain_m - noise and pts[i][0] < ain_rel - lat_noise]
         lines.append(f"Timing noise floor: plain OSNet, the same network as the all-BN reference, measured "
                      f"{lat.get('osnet_relative', float('nan')):.3f} of it (IQR of the per-round ratios "
-                     f"{lat.get('osnet_relative_iqr', float('nan')):.3f}); a latency difference smaller than "
-                     f"{lat_noise:.3f} is not counted. OSNet-AIN measured {ain_rel:.3f}.")
+                     f"{lat.get('osnet_relative_iqr', float('nan')):.3f} over {n} rounds: twice the standard error of "
+                     f"the median is {2 * se:.3f}); a latency difference smaller than {lat_noise:.3f} is not counted. "
+                     f"OSNet-AIN measured {ain_rel:.3f}.")
         lines.append("")
         budgeted = [(k, v) for k, v in match if "@" in k]
         others = [k for k, _ in match if "@" not in k]
@@ -198,8 +202,9 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
     lines = ["# Synthetic test-bed: is the search's answer trustworthy?", "",
              "Produced by one command (CPU, 2 cores, two jobs at a time):", "",
              "    python experiments/synthetic/run_protocol.py " + " ".join(argv), "",
-             f"Wall time {seconds / 60:.0f} min." + (" **Quick form: sizes too small to conclude anything.**"
-                                                     if quick else ""),
+             (f"Wall time {seconds / 60:.0f} min." if seconds > 0 else
+              "Regenerated from the protocol's results.json files (results_protocol.py); the run's wall time is "
+              "in its log.") + (" **Quick form: sizes too small to conclude anything.**" if quick else ""),
              "Held-out mAP is the mean over the held-out target domains; values in %.", ""]
     for name, s in summaries.items():
         c = s["config"]
@@ -265,10 +270,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--results", default=None)
+    ap.add_argument("--command", default=None, help="the run_protocol.py arguments that produced OUT (for the header)")
     a = ap.parse_args()
     out = Path(a.out)
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
-    write_results(summaries, Path(a.results or out / "RESULTS.md"), out, [f"--out {a.out}"], 0.0)
+    known = ("style", "geometry")
+    order = [c for c in known if c in summaries] + [c for c in summaries if c not in known]
+    write_results({c: summaries[c] for c in order}, Path(a.results or out / "RESULTS.md"), out,
+                  [a.command or f"--out {a.out}"], 0.0)
 
 
 if __name__ == "__main__":

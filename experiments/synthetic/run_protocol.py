@@ -354,7 +354,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
 
     summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
     summary["export_check"] = checks
-    _add_latency(summary, arch, derived, djobs, latency)
+    _add_latency(summary, arch, derived, djobs, latency, sizes["latency_repeats"])
     summary["budgets"] = budgets
     summary["search_minutes"] = {v: [search_minutes(out / "search" / v / f"seed{sd}") for sd in seeds]
                                  for v in SEARCHES}
@@ -386,7 +386,7 @@ def measure_latencies(plans: dict, cfg, repeats: int) -> dict:
     return out
 
 
-def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency: dict) -> None:
+def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency: dict, repeats: int) -> None:
     for k, p in arch.items():
         summary["yardstick"][k]["latency_ms"] = latency[_plan_id(p)]["median_ms"]
         summary["yardstick"][k]["relative_latency"] = latency[_plan_id(p)]["relative"]
@@ -395,7 +395,7 @@ def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency:
         for row, d in zip(r["per_seed"], rows):
             row["latency_ms"] = latency[_plan_id(d["plan"])]["median_ms"]
             row["relative_latency"] = latency[_plan_id(d["plan"])]["relative"]
-    summary["latency"] = dict(LATENCY, all_bn_ms=latency["all_bn"]["median_ms"],
+    summary["latency"] = dict(LATENCY, repeats=repeats, all_bn_ms=latency["all_bn"]["median_ms"],
                               all_bn_iqr_ms=latency["all_bn"]["iqr_ms"],
                               osnet_relative=latency[_plan_id(arch["osnet"])]["relative"],
                               osnet_relative_iqr=latency[_plan_id(arch["osnet"])]["relative_iqr"])
