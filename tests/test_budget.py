@@ -121,8 +121,8 @@ def test_budgeted_search_ends_cheaper_and_derive_keeps_the_hard_budget(tmp_path,
     assert main(["derive", "--run", str(runs["free"]), "--out", str(out), "--cost-table", str(measured)]) == 0
     c = yaml.safe_load(out.read_text())["cost"]
     assert c["backend"] == "eager" and c["method"] == "measured" and c["table"] == str(measured)
-    assert c["latency_ms"] > 0 and c["measured_relative"] == pytest.approx(c["latency_ms"] / c["reference_measured_ms"],
-                                                                           rel=1e-3)
+    assert c["latency_ms"] > 0 and c["reference_measured_ms"] > 0 and c["timings"] == 40
+    assert 0.5 < c["measured_relative"] < 2.0  # a few IN sites more than the all-BN network: far from 2x either way
     # below the cheapest architecture: one line, exit 2
     assert main(["derive", "--run", str(runs["free"]), "--out", str(tmp_path / "x.yaml"),
                  "--cost-budget", "0.5"]) == 2
