@@ -85,11 +85,10 @@ def _search_step_ratio() -> float:
     return float(json.loads(BENCH.read_text())["ratio_to_plain"].get("search step: first-order, alpha_every=1", 0))
 
 
-SEARCH_OF = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen"}
-
-
 def _minutes(s: dict, method: str) -> str:
-    mins = [v for v in s.get("search_minutes", {}).get(SEARCH_OF.get(method, ""), []) if v == v]
+    from run_protocol import METHOD_SEARCH  # the search variant each method reads its genotype from
+
+    mins = [v for v in s.get("search_minutes", {}).get(METHOD_SEARCH.get(method, ""), []) if v == v]
     if not mins:
         return "–"
     per = f"{statistics.mean(mins):.1f} per seed"

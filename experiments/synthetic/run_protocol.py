@@ -367,7 +367,7 @@ def measure_latencies(plans: dict, cfg, repeats: int) -> dict:
     all-BN network on the LATENCY backend and input size, at the test-bed's width."""
     from osnas.models import build_model
     from osnas.models.genotype import Genotype
-    from osnas.search.budget import measure_networks
+    from osnas.models.latency import measure_networks
 
     nets = {"all_bn": build_model(cfg.model.arch).eval()}
     for p in plans.values():

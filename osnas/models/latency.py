@@ -396,3 +396,20 @@ def measure_units(models: Iterable[Tuple[nn.Module, Iterable[str]]], backend: st
             runners["whole"] = make_runner(prep.net, x.to(prep.device), backend, threads)
         times = time_interleaved(runners, repeats, warmup, sync, min_run_ms, progress, clock)
     return {k: summarize(v) for k, v in times.items()}
+
+
+def measure_networks(nets: Dict[str, nn.Module], backend: str, height: int, width: int, batch: int = 1,
+                     threads: int = 0, repeats: int = 30, clock: str = "wall") -> Dict[str, dict]:
+    """Whole-network latency of several networks on one backend, timed interleaved (every
+    network once per round) so that a drift of the machine's speed hits all alike; `clock`
+    cpu (one thread) counts the process's CPU time, robust to other work on the machine."""
+    check_sizes(height, width, batch)
+    check_clock(clock, backend, threads)
+    with torch_threads(threads):
+        x = example_input(batch, height, width)
+        runners, preps = {}, []
+        for k, net in nets.items():
+            preps.append(prepare(net, backend))
+            runners[k] = make_runner(preps[-1].net, x.to(preps[-1].device), backend, threads)
+        times = time_interleaved(runners, repeats, 5, preps[-1].sync, clock=clock)
+    return {k: summarize(v) for k, v in times.items()}

@@ -133,31 +133,13 @@ def cost_record(table, choices: Dict[str, str], budget: float, measured: Optiona
     return rec
 
 
-def measure_networks(nets: Dict[str, torch.nn.Module], backend: str, height: int, width: int, batch: int = 1,
-                     threads: int = 0, repeats: int = 30, clock: str = "wall") -> Dict[str, dict]:
-    """Whole-network latency of several networks on one backend, timed interleaved (every
-    network once per round) so that a drift of the machine's speed hits all alike; `clock`
-    cpu (one thread) counts the process's CPU time, robust to other work on the machine."""
-    from osnas.models import latency as L
-
-    L.check_sizes(height, width, batch)
-    L.check_clock(clock, backend, threads)
-    with L.torch_threads(threads):
-        x = L.example_input(batch, height, width)
-        runners, preps = {}, []
-        for k, net in nets.items():
-            preps.append(L.prepare(net, backend))
-            runners[k] = L.make_runner(preps[-1].net, x.to(preps[-1].device), backend, threads)
-        times = L.time_interleaved(runners, repeats, 5, preps[-1].sync, clock=clock)
-    return {k: L.summarize(v) for k, v in times.items()}
-
-
 def measure_cost(plan: Dict[str, str], table, repeats: int = 40) -> dict:
     """Time the network of `plan` and the all-BN network of the same width on the table's
     backend, input size, batch and threads (interleaved): the genotype's measured cost;
     `measured_relative` is the median over rounds of the ratio of the two in that round."""
     from osnas.models import build_model
     from osnas.models.genotype import Genotype
+    from osnas.models.latency import measure_networks
 
     nets = {"genotype": build_model(Genotype(plan=plan, arch=table.arch)).eval(),
             "all_bn": build_model(table.arch).eval()}
