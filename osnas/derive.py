@@ -274,17 +274,13 @@ class PerturbScorer:
     """
 
     def __init__(self, run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto"):
-        from osnas.config import build_config
         from osnas.search.bilevel import make_loss_fn, search_batches, search_supernet
         from osnas.training import batch_loader
-        from osnas.utils import load_yaml, resolve_device
+        from osnas.utils import resolve_device
 
         if batches < 1:
             raise OsnasError(f"--batches must be >= 1, got {batches}")
-        cfg_path = run.path / CONFIG
-        if not cfg_path.is_file():
-            raise OsnasError(f"{cfg_path}: the run's config is missing (perturb needs the run's data settings)")
-        cfg = build_config(base=load_yaml(cfg_path, "run config"))
+        cfg = run_config(run, "perturb needs the run's data settings")
         d, s = cfg.data, cfg.search
         if data_root:
             d.root = str(data_root)
@@ -395,13 +391,23 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, or
     return apply_budget(g, runs, cost_table, cost_budget, measure)
 
 
-def _run_cost_settings(run: SearchRun) -> tuple:
-    """(cost_table, cost_budget, height, width, arch) from a run's config.yaml (defaults when absent)."""
+def run_config(run: SearchRun, needed_for: str = ""):
+    """The run's config.yaml as a Config; missing: an OsnasError saying what needs it, or the
+    defaults when nothing does (`needed_for` empty)."""
     from osnas.config import build_config
     from osnas.utils import load_yaml
 
     cfg_path = run.path / CONFIG
-    cfg = build_config(base=load_yaml(cfg_path, "run config")) if cfg_path.is_file() else build_config()
+    if cfg_path.is_file():
+        return build_config(base=load_yaml(cfg_path, "run config"))
+    if needed_for:
+        raise OsnasError(f"{cfg_path}: the run's config is missing ({needed_for})")
+    return build_config()
+
+
+def _run_cost_settings(run: SearchRun) -> tuple:
+    """(cost_table, cost_budget, height, width, arch) from a run's config.yaml (defaults when absent)."""
+    cfg = run_config(run)
     return (cfg.search.cost_table, cfg.search.cost_budget, cfg.data.height, cfg.data.width,
             run.ck.get("arch") or cfg.model.arch)
 
