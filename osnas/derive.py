@@ -302,13 +302,17 @@ class PerturbScorer:
         self.domains, self.objective, self.alpha_loss = data.domains, s.objective, s.alpha_loss
         self.calls = 0
 
-    @torch.no_grad()
     def __call__(self, weights: List[torch.Tensor]) -> float:
+        losses = self.per_batch(weights)
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def per_batch(self, weights: List[torch.Tensor]) -> List[float]:
+        """The loss of every validation batch (their spread gives a score's standard error)."""
         w = [x.to(self.device) for x in weights]
         self.calls += 1
         with scoring_mode(self.model) as m:
-            losses = [float(self.loss_fn(lambda x: m(x, w), b)) for b in self.batches]
-        return sum(losses) / len(losses)
+            return [float(self.loss_fn(lambda x: m(x, w), b)) for b in self.batches]
 
 
 def perturb_run(run: SearchRun, batches: int = 4, order: str = "fixed", data_root: str | None = None,

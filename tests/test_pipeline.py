@@ -67,11 +67,12 @@ def _wait_for_checkpoint(path: Path, proc, timeout=240):
     return True
 
 
-@pytest.mark.parametrize("how", ["kill", "sigint"])
-def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how):
-    ref = _search(root, tmp_path / "ref")
+@pytest.mark.parametrize("how,extra", [("kill", []), ("sigint", []),
+                                       ("kill", ["search.weight_step=sampled"])])  # paths drawn per step
+def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how, extra):
+    ref = _search(root, tmp_path / "ref", extra)
     out = tmp_path / "run"
-    args = ["search", "--data-root", str(root), "--out", str(out)] + [x for s in SEARCH for x in ("--set", s)]
+    args = ["search", "--data-root", str(root), "--out", str(out)] + [x for s in SEARCH + extra for x in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "osnas", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     if how == "kill":  # SIGKILL right after the first checkpoint (end of epoch 1)

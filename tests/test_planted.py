@@ -157,3 +157,12 @@ def test_planted_ten_seeds(tmp_path, case, want):
     of 10 for in_right, 9 of 10 for in_wrong)."""
     picks = _found(tmp_path, case, range(6, 16))
     assert _hits(picks, want) >= 8, picks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,want", CASES)
+def test_planted_five_seeds_sampled_weight_step(tmp_path, case, want):
+    """The single-path weight step (search.weight_step=sampled) finds both planted answers too,
+    in >= 4 of 5 seeds."""
+    picks = _found(tmp_path, case, SEEDS, extra=("search.weight_step=sampled",))
+    assert _hits(picks, want) >= 4, picks

@@ -3,7 +3,8 @@
 One weight step (forward + backward + SGD) of the `osnet_ain_blocks` supernet at x1.0,
 batch 16, 256x128, against a plain OSNet x1.0 step; the non-shared supernet (the
 reference: a whole block per candidate) for comparison; and the alpha step's cost for
-first and second order. Configurations are measured round-robin (best of N each) so load
+first and second order, and the single-path weight step (`search.weight_step=sampled`: one
+candidate per position drawn from the alphas). Configurations are measured round-robin (best of N each) so load
 from other processes hits them alike. Targets: shared supernet weight step <= 1.2x plain;
 a whole search step (weight step + alpha step, the alpha step amortised over
 `search.alpha_every` weight steps) <= 1.5x plain.
@@ -65,6 +66,17 @@ def main():
 
         steps[f"weight step: {name}"] = wstep
     sn = models["supernet (shared)"]
+    s_opt = torch.optim.SGD(sn.weight_parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+
+    def sampled_step():  # a new path every step, as the search draws them
+        s_opt.zero_grad()
+        path = sn.sample_path(gen)
+        logits, _ = sn(x, path=path)
+        F.cross_entropy(logits, y).backward()
+        s_opt.step()
+
+    steps["weight step: supernet (sampled path)"] = sampled_step
     w_opt = torch.optim.SGD(sn.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for order in ("first", "second"):
         arch = Architect(sn, loss_fn, torch.optim.Adam(sn.arch_parameters(), lr=3e-3), order=order, w_optimizer=w_opt)
@@ -82,6 +94,9 @@ def main():
         for every in (1, 2, 3):
             best[f"search step: {order}-order, alpha_every={every}"] = (
                 best["weight step: supernet (shared)"] + best[f"alpha step: {order}-order"] / every)
+    for every in (1, 2, 3):
+        best[f"search step: sampled path, first-order, alpha_every={every}"] = (
+            best["weight step: supernet (sampled path)"] + best["alpha step: first-order"] / every)
     print(f"{a.arch}, batch {a.batch}, {a.height}x{a.width}, {torch.get_num_threads()} threads, best of {a.repeats}")
     print(f"{'step':<48} {'seconds':>8} {'x plain':>8}")
     for k, v in best.items():

@@ -4,6 +4,12 @@ Candidates of a position share all convolutions and differ only in normalisation
 weight step costs little more than a plain OSNet step. The non-shared mode builds one whole
 unit per candidate (the reference search) for comparison. Alphas live here, one tensor per
 position; `forward` turns them into per-unit mixing combos for `OSNet.forward(x, mix)`.
+
+A single-path weight step (`search.weight_step=sampled`) runs one candidate per position,
+drawn from the alphas' probabilities (`sample_path`, then `forward(x, path=...)`): it costs
+what the derived network's step costs, and each candidate's weights learn to work on their
+own, as a one-hot derivation will use them (single-path one-shot NAS: Guo et al., ECCV 2020;
+GDAS, Dong & Yang, CVPR 2019, samples from the alphas in the same way).
 """
 
 from __future__ import annotations
@@ -91,7 +97,29 @@ class Supernet(nn.Module):
             mix[u] = combos
         return mix
 
-    def forward(self, x: torch.Tensor, weights: Optional[List[torch.Tensor]] = None):
+    def sample_path(self, generator: Optional[torch.Generator] = None) -> List[int]:
+        """One candidate index per position, drawn from the alphas' probabilities."""
+        return [int(torch.multinomial(p.float(), 1, generator=generator)) for p in self.probs()]
+
+    def path_mix(self, path: List[int]) -> Dict[str, list]:
+        """Per-unit combos of a single path: one combo per unit and no mixing weight, so only
+        the chosen candidate's ops run (the output equals the derived network's)."""
+        mix = {}
+        for u, idx in self._unit_positions.items():
+            assign = dict(self._unit_fixed[u])
+            for i in idx:
+                name = self.positions[i].names[path[i]]
+                assign.update(self.positions[i].candidates[name])
+            mix[u] = [(None, assign if self.shared else self.positions[idx[0]].names[path[idx[0]]])]
+        return mix
+
+    def forward(self, x: torch.Tensor, weights: Optional[List[torch.Tensor]] = None,
+                path: Optional[List[int]] = None):
+        """Mixed forward (weights, default the alphas' mixing weights), or one path (candidate indices)."""
+        if path is not None:
+            if len(path) != len(self.positions):
+                raise ValueError(f"path has {len(path)} choices for {len(self.positions)} positions")
+            return self.net(x, self.path_mix(path))
         return self.net(x, self.build_mix(weights if weights is not None else self.mix_weights()))
 
     # -- derivation

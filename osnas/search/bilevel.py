@@ -7,6 +7,8 @@ Every step, as in DARTS (Liu et al., ICLR 2019):
      images of the same identities, or the held-out source domain (batches.py);
   2. a weight step on the training batch of the other sources.
 With `search.order=single` (the reference search) the alphas follow the training loss itself.
+With `search.weight_step=sampled` the weight step trains one path drawn from the alphas
+(supernet.py) instead of the whole mixture: a step then costs what a plain network's does.
 Alphas are frozen for the first `search.warmup_epochs`, then step every `search.alpha_every`
 weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss, and a
 deployment budget (`search.cost_budget` on `search.cost_table`, budget.py) scales it when the
@@ -40,6 +42,7 @@ from osnas.training import batch_loader, build_optimizer, lr_factor, set_lr
 from osnas.utils import atomic_write_text, log, read_jsonl, write_json
 
 LOSSES = ("id", "triplet", "both")
+WEIGHT_STEPS = ("mixed", "sampled")
 
 
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
@@ -94,6 +97,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             return dist.model_groups(model, model.arch_parameters())
 
         total_steps = s.epochs * s.steps_per_epoch
+        sampled = s.weight_step == "sampled"
         run.start_progress(total_steps, global_step)
         while epoch < s.epochs:
             model.tau = relax.gumbel_tau(epoch, s.tau_init, s.tau_decay_every, s.tau_factor, s.tau_min) \
@@ -113,7 +117,10 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 # 2. weight step on the training batch
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
-                loss = loss_w_fn(wrapped, wb)
+                # sampled: one candidate per position, drawn from the alphas (the same on every DDP
+                # rank and after a resume: the generator is seeded by the run's seed and the step)
+                path = model.sample_path(step_generator(run.seed, global_step)) if sampled else None
+                loss = loss_w_fn(wrapped, wb, path)
                 loss_w = run.check(loss, f"search step {global_step}")
                 single = alphas_on and s.order == "single"  # single-level: alphas follow the training loss
                 if single and entropy_w[0] > 0:
@@ -131,7 +138,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                     dist.check_consistent(dist.model_groups(model, model.arch_parameters(), buffers=False), ctx,
                                           f"search step {global_step}")
                 step_in_epoch, global_step = step_in_epoch + 1, global_step + 1
-                run.record(history_row(model, global_step - 1, epoch, loss_w, loss_a, table))
+                run.record(history_row(model, global_step - 1, epoch, loss_w, loss_a, table, path))
                 run.tick(epoch=epoch, loss=loss_w, tau=model.tau)
                 if global_step % cfg.run.log_every == 0 and ctx.is_main:
                     log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
@@ -180,7 +187,8 @@ def validate_search_config(cfg: Config) -> SearchSpace:
     s = cfg.search
     for key, val, valid in (("search.objective", s.objective, OBJECTIVES), ("search.order", s.order, ORDERS),
                             ("search.alpha_loss", s.alpha_loss, LOSSES), ("model.arch", cfg.model.arch, WIDTHS),
-                            ("search.relaxation", s.relaxation, relax.RELAXATIONS + ("",))):
+                            ("search.relaxation", s.relaxation, relax.RELAXATIONS + ("",)),
+                            ("search.weight_step", s.weight_step, WEIGHT_STEPS)):
         if val not in valid:
             raise OsnasError(f"{key}={val!r}: expected one of {', '.join(v for v in valid if v)}")
     if s.epochs < 1 or s.steps_per_epoch < 1:
@@ -198,6 +206,9 @@ def validate_search_config(cfg: Config) -> SearchSpace:
     if str(s.cost_table).strip() and s.order == "single":
         raise OsnasError("search.cost_table works with the bilevel search (search.order first or second); the "
                          "single-level search has no separate alpha loss to weigh against the cost")
+    if s.weight_step == "sampled" and s.order == "single":
+        raise OsnasError("search.weight_step=sampled needs a bilevel search (search.order first or second): the "
+                         "single-level search steps the alphas through the weight step's mixture")
     if s.objective == "unseen" and s.alpha_loss != "triplet":
         raise OsnasError(f"search.objective=unseen judges alphas on identities the classifier never saw: it needs "
                          f"search.alpha_loss=triplet, got {s.alpha_loss}")
@@ -219,9 +230,9 @@ def make_loss_fn(kind: str, label_smooth: float, margin: float):
     idw = 1.0 if kind in ("id", "both") else 0.0
     trw = 1.0 if kind in ("triplet", "both") else 0.0
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, path=None):  # path: one candidate per position (a single-path step)
         x, pids = batch[0], batch[1]
-        logits, feats = model(x)
+        logits, feats = model(x) if path is None else model(x, path=path)
         loss, _ = reid_loss(logits, feats, pids, label_smooth=label_smooth, id_weight=idw, triplet_weight=trw,
                             margin=margin)
         return loss
@@ -248,12 +259,20 @@ def with_entropy(loss_fn, model: Supernet, weight: list):
 
 
 # ----------------------------------------------------------------------------- records
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The random source of one step's sampled path: a function of the seed and the step only."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
 def history_row(model: Supernet, step: int, epoch: int, loss_w: float, loss_a: Optional[float],
-                table=None) -> dict:
+                table=None, path: Optional[List[int]] = None) -> dict:
     """One row of alphas.jsonl: alphas, probabilities and entropy of every position, the losses,
-    and with a cost table the expected relative cost of the alphas."""
+    with a cost table the expected relative cost of the alphas, and with a sampled weight step
+    the path it trained."""
     probs = model.probs()
     extra = {"cost": round(budget.expected_cost(model, table), 6)} if table is not None else {}
+    if path is not None:
+        extra["path"] = {p.name: p.names[i] for p, i in zip(model.positions, path)}
     return {
         "step": step, "epoch": epoch, "tau": model.tau, "loss_w": round(loss_w, 6),
         "loss_a": None if loss_a is None else round(loss_a, 6),
@@ -276,7 +295,7 @@ def _write_start(cfg: Config, run_dir: Path, model: Supernet, data: SearchBatche
     write_json(run_dir / RUN_JSON, {"stage": "search", "sources": data.domains, "space": model.space.name,
                                     "space_sha256": model.space.sha256, "seed": seed, "arch": cfg.model.arch,
                                     "objective": s.objective, "order": s.order, "relaxation": model.relaxation,
-                                    "shared": s.shared, "alpha_every": s.alpha_every,
+                                    "shared": s.shared, "alpha_every": s.alpha_every, "weight_step": s.weight_step,
                                     "entropy_weight": s.entropy_weight, "cost_table": s.cost_table,
                                     "cost_budget": s.cost_budget,
                                     "unseen_domain": data.domains[data.unseen] if data.unseen is not None else None,
