@@ -358,9 +358,18 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                 f"noise floor is {pct(2 * noise)}.")
         lines += ["", "### Paired test against OSNet-AIN", "",
                   head + (f" **It {verdict} OSNet-AIN by more than twice the noise floor.**"
-                          if verdict != "does not beat" else " **The difference is inside the noise: no win.**"),
-                  "", "| seed | " + p["default"] + " | OSNet-AIN | difference |", "|---|---:|---:|---:|"]
-        lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} |" for i, (x, y) in enumerate(p["pairs"], 1)]
+                          if verdict != "does not beat" else " **The difference is inside the noise: no win.**"), ""]
+        po = s.get("paired_osnet")
+        if po:  # the same genotype against the answer "no IN at all"
+            lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference | OSNet (no IN) | difference |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} | {pct(z)} | {pct(x - z)} |"
+                      for i, ((x, y), (_, z)) in enumerate(zip(p["pairs"], po["pairs"]), 1)]
+            lines += ["", f"Against plain OSNet (no IN anywhere) on the same seeds: {pct(po['diff_mean'])} ± "
+                      f"{pct(po['diff_std'])} points; OSNet over these seeds: {_ms(z for _, z in po['pairs'])}."]
+        else:
+            lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference |", "|---|---:|---:|---:|"]
+            lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} |" for i, (x, y) in enumerate(p["pairs"], 1)]
         lines += [""]
         lines += cost_section(s) + export_section(s)
         lines += [f"![{name}]({f.name})" for f in figures(name, s, results.parent)] + [""]

@@ -3,7 +3,8 @@
 For each test-bed configuration (testbed_style.yaml: domain shift IN can remove; and
 testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
 
-1. noise floor   OSNet-AIN retrained with NOISE_SEEDS seeds: std of the held-out mAP;
+1. noise floor   OSNet-AIN retrained with NOISE_SEEDS seeds: std of the held-out mAP (plain
+                 OSNet too: the answer "no IN at all", paired with the default below);
 2. yardstick     RANDOM architectures drawn uniformly from the searched space, plus OSNet,
                  OSNet-IBN and OSNet-AIN, each retrained once: the held-out mAP distribution;
 3. methods       every search method on SEARCH_SEEDS seeds:
@@ -28,7 +29,8 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                  searches) and its retrained mAP; and per seed the supernet's own verdict
                  on the stem (held-out loss projected onto BN minus onto IN, ± its error
                  over the alpha batches): does each seed's supernet see the same thing?
-5. paired test   the default method's genotype against OSNet-AIN over the noise seeds;
+5. paired test   the default method's genotype against OSNet-AIN (and plain OSNet) over the
+                 noise seeds;
 6. budgets       (--budgets, on --budget-configs) cost-aware searches: the space profiled on
                  the LATENCY backend (osnas profile, cost_<backend>.yaml), then BUDGET_SEEDS lodo searches per
                  budget with search.cost_budget, derived by argmax and consensus, retrained;
@@ -275,8 +277,10 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     noise_seeds = list(range(1, sizes["noise_seeds"] + 1))
     jobs = [dict(base, genotype=genotype_file(k, p), name=k, seed=1, out=str(out / "retrain" / _plan_id(p) / "seed1"))
             for k, p in arch.items()]
-    jobs += [dict(base, genotype="osnet_ain", name="osnet_ain", seed=s,
-                  out=str(out / "retrain" / _plan_id(arch["osnet_ain"]) / f"seed{s}")) for s in noise_seeds[1:]]
+    # OSNet-AIN (the noise floor, and the reference a search must beat) and plain OSNet (the answer
+    # "no IN at all") with every noise seed
+    jobs += [dict(base, genotype=n, name=n, seed=s, out=str(out / "retrain" / _plan_id(arch[n]) / f"seed{s}"))
+             for n in ("osnet_ain", "osnet") for s in noise_seeds[1:]]
     res = pool.map(retrain_eval, jobs, f"{name}: noise floor and yardstick retrains")
     by_out = {j["out"]: r for j, r in zip(jobs, res)}
 
@@ -289,11 +293,12 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     # 3. searches, then every selection method
     seeds = list(range(1, sizes["search_seeds"] + 1))
     table_file = cost_table(Path(a.out), name, cfg, sizes)
+    variants = [v for v in SEARCHES if v in {METHOD_SEARCH[m] for m in a.methods}]  # the searches --methods need
     sjobs = [dict(base, seed=s, overrides=[o.format(cost_table=table_file) for o in SEARCHES[v]] + extra,
-                  out=str(out / "search" / v / f"seed{s}")) for v in SEARCHES for s in seeds]
+                  out=str(out / "search" / v / f"seed{s}")) for v in variants for s in seeds]
     pool.map(search, sjobs, f"{name}: searches")
     djobs = []
-    for m in METHODS:
+    for m in a.methods:
         v = METHOD_SEARCH[m]
         runs = [str(out / "search" / v / f"seed{s}") for s in seeds]
         if m == "consensus":
@@ -302,7 +307,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
         else:
             djobs += [dict(root=root, method=m, seed=s, runs=[r], select="perturb" if m == "perturb" else "argmax",
                            out=str(out / "derived" / f"{m}-seed{s}.yaml")) for s, r in zip(seeds, runs)]
-    derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(METHODS)})")
+    derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(a.methods)})")
     rjobs, seen = [], set(by_out)
     for d in derived:
         o = str(out / "retrain" / _plan_id(d["plan"]) / "seed1")
@@ -312,14 +317,15 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     by_out.update({j["out"]: r for j, r in zip(rjobs, pool.map(retrain_eval, rjobs, f"{name}: derived retrains"))})
 
     # 4. ranking: the supernet's view of the yardstick architectures, per search seed
+    ranked, projected = [v for v in RANKED if v in variants], [v for v in PROJECTED if v in variants]
     kjobs = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4),
-                  choices=[c for c in randoms]) for v in RANKED for s in seeds]
+                  choices=[c for c in randoms]) for v in ranked for s in seeds]
     scores = pool.map(supernet_scores, kjobs, f"{name}: supernet scores of the random architectures")
-    predicted = {v: scores[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(RANKED)}
+    predicted = {v: scores[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(ranked)}
     pj = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4) * 2)
-          for v in PROJECTED for s in seeds]
+          for v in projected for s in seeds]
     proj = pool.map(stem_projection, pj, f"{name}: stem projections per search seed")
-    projections = {v: proj[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(PROJECTED)}
+    projections = {v: proj[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(projected)}
 
     # 5. paired: the default method's genotype against OSNet-AIN over the noise seeds
     default = [d for d in derived if d and Path(d["file"]).stem.startswith(a.default)]
@@ -329,6 +335,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     pjobs = [j for j in pjobs if j["out"] not in by_out]
     by_out.update({j["out"]: r for j, r in zip(pjobs, pool.map(retrain_eval, pjobs, f"{name}: paired retrains"))})
     paired = [(result(modal, s)["mAP"], result(arch["osnet_ain"], s)["mAP"]) for s in noise_seeds]
+    paired_osnet = [(result(modal, s)["mAP"], result(arch["osnet"], s)["mAP"]) for s in noise_seeds]
 
     # 6. cost-aware searches at each budget (the cost table profiled on the LATENCY backend)
     budgets = {}
@@ -396,12 +403,15 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     checks = dict(zip(distinct.values(), pool.map(export_check, ejobs, f"{name}: export --check")))
 
     summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
+    summary["paired_osnet"] = {"pairs": paired_osnet, "diff_mean": statistics.mean(x - y for x, y in paired_osnet),
+                               "diff_std": statistics.stdev([x - y for x, y in paired_osnet])
+                               if len(paired_osnet) > 1 else 0.0}
     summary["export_check"] = checks
     summary["stem_projection"] = projections
     _add_latency(summary, arch, derived, djobs, latency, sizes["latency_repeats"])
     summary["budgets"] = budgets
     summary["search_minutes"] = {v: [search_minutes(out / "search" / v / f"seed{sd}") for sd in seeds]
-                                 for v in SEARCHES}
+                                 for v in variants}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -501,7 +511,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
     rand_maps = [yard[f"random{i:02d}"]["mAP"] for i in range(len(randoms))]
     population = [v["mAP"] for v in yard.values()]
     methods = {}
-    for m in METHODS:
+    for m in dict.fromkeys(j["method"] for j in djobs):
         rows = [(j, d) for j, d in zip(djobs, derived) if j["method"] == m]
         per_seed = []
         for j, d in rows:
@@ -537,7 +547,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
         "yardstick": {k: v for k, v in yard.items()},
         "random_architectures": randoms,
         "methods": methods,
-        "kendall_tau": taus["lodo"],
+        "kendall_tau": taus.get("lodo", []),
         "kendall_tau_by_search": taus,
         "paired": {"default": default, "pairs": paired, "diff_mean": statistics.mean(diffs),
                    "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0},
@@ -554,6 +564,9 @@ def main():
     # sampled-unseen: the best seed agreement measured (style 69%, geometry 91%: RESULTS.md) at 1.5x a plain step
     ap.add_argument("--default", default="sampled-unseen", choices=METHODS,
                     help="the method the paired test checks (its most frequent genotype)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated, of " + ", ".join(METHODS) + " (default all: about 3.3 h on 2 cores from "
+                         "scratch; argmax,consensus,unseen,sampled-unseen about 2 h)")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
     ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
                                                    "searches (e.g. 1.01,1.03); none by default")
@@ -561,6 +574,12 @@ def main():
                                                           "(comma-separated; default: all of --configs)")
     a = ap.parse_args()
     a.budget_configs = [c for c in (a.budget_configs or a.configs).split(",") if c]
+    a.methods = [m for m in a.methods.split(",") if m]
+    bad = [m for m in a.methods if m not in METHODS]
+    if bad or not a.methods:
+        raise SystemExit(f"run_protocol: --methods {bad or '(none)'}: expected some of {', '.join(METHODS)}")
+    if a.default not in a.methods:
+        raise SystemExit(f"run_protocol: --default {a.default} is not among --methods {','.join(a.methods)}")
     try:
         a.budgets = [float(b) for b in a.budgets.split(",") if b.strip()]
     except ValueError:
