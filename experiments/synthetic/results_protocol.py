@@ -134,6 +134,30 @@ def yardstick_section(s: dict) -> list:
     return lines + [""]
 
 
+def lean_section(s: dict) -> list:
+    """Where each search's alphas ended: per position, the mean over seeds of the probability of
+    the op without IN (bn at the stem, plain in a block) against its uniform value. A value well
+    below uniform in every search is a bias of the alpha objectives, whatever the data say."""
+    fp = s.get("final_probs")
+    if not fp:
+        return []
+    positions = list(next(iter(fp.values()))[0])
+    ref = {p: ("bn" if p == "stem" else "plain") for p in positions}
+    uniform = {p: 1 / len(next(iter(fp.values()))[0][p]) for p in positions}
+    lines = ["### Where the alphas end", "",
+             "Per search and position, the final probability of the op without IN (bn at the stem, plain in a block), "
+             "mean over seeds (min–max). Uniform: " + ", ".join(f"{p} {uniform[p]:.2f}" for p in positions[:2])
+             + ", ... Far below uniform in every search means the alpha objectives lean towards IN there.", "",
+             "| search | " + " | ".join(positions) + " |", "|---|" + "---:|" * len(positions)]
+    for v, rows in fp.items():
+        cells = []
+        for p in positions:
+            vals = [r[p][ref[p]] for r in rows]
+            cells.append(f"{statistics.mean(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _paired_genotype(s: dict) -> str:
     """Which genotype the paired test retrained: the default method's most frequent one (ties:
     the earliest seed's, as run_protocol._modal picks it), with its choices."""
@@ -347,6 +371,7 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                 lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({row['percentile']:.0f}th) — {ch}")
         lines += yardstick_section(s)
         lines += projection_section(s)
+        lines += lean_section(s)
         lines += targets_section(s)
         p = s["paired"]
         noise = n["mAP_std"]

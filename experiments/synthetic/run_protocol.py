@@ -412,6 +412,10 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     summary["budgets"] = budgets
     summary["search_minutes"] = {v: [search_minutes(out / "search" / v / f"seed{sd}") for sd in seeds]
                                  for v in variants}
+    # where each search's alphas ended: per seed, every position's probabilities (final_alphas.json)
+    summary["final_probs"] = {v: [{k: p["probs"] for k, p in json.loads(
+        (out / "search" / v / f"seed{sd}" / "final_alphas.json").read_text())["positions"].items()} for sd in seeds]
+        for v in variants}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
