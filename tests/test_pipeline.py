@@ -98,6 +98,35 @@ def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how, e
     assert read_history(ref) == read_history(out)
 
 
+@pytest.mark.parametrize("stop_after", [1, 3])  # mid-epoch: in the warm-up, and after an alpha step
+def test_search_stopped_mid_epoch_resumes_bit_exactly(root, tmp_path, monkeypatch, stop_after):
+    """A stop request after a given step (as SIGINT sets it, but at a chosen step, so the test
+    does not depend on when a signal lands): the checkpoint must hold the batch streams as they
+    stand at that step, not at the end of the epoch the loader had planned."""
+    from osnas import session
+    from osnas.errors import OsnasInterrupted
+
+    ref = _search(root, tmp_path / "ref")
+    check, calls = session.TrainingSession.check, [0]
+
+    def stop_at(self, loss, where):
+        value = check(self, loss, where)
+        calls[0] += 1
+        self.stop_requested = self.stop_requested or calls[0] == stop_after
+        return value
+
+    monkeypatch.setattr(session.TrainingSession, "check", stop_at)
+    with pytest.raises(OsnasInterrupted):
+        _search(root, tmp_path / "run")
+    monkeypatch.setattr(session.TrainingSession, "check", check)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pth")["global_step"] == stop_after
+    run_search(data_root=str(root), out=str(tmp_path / "run"), resume=True)
+    a = load_checkpoint(ref / "checkpoint.pth")["model"]
+    b = load_checkpoint(tmp_path / "run" / "checkpoint.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+    assert read_history(ref) == read_history(tmp_path / "run")
+
+
 def test_derive_retrain_eval_end_to_end(root, tmp_path):
     run = _search(root, tmp_path / "search")
     gpath = run_derive(run)

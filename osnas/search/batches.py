@@ -106,6 +106,18 @@ class SearchBatches:
     def state_dict(self) -> dict:
         return {k: s.state() for k, s in self.streams.items()}
 
+    def state_after(self, state: dict, global_step: int, n: int) -> dict:
+        """The streams' state after the first n steps of a plan made from `state` at `global_step`.
+        A plan covers the rest of an epoch, so the live state is already at the epoch's end: a
+        checkpoint taken mid-epoch must hold this one instead. The live state is left as it is."""
+        now = self.state_dict()
+        try:
+            self.load_state_dict(state)
+            self.plan_steps(global_step, n)
+            return self.state_dict()
+        finally:
+            self.load_state_dict(now)
+
     def load_state_dict(self, st: dict) -> None:
         for k, s in self.streams.items():
             s.load_state(st[k])
