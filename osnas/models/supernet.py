@@ -88,14 +88,22 @@ class Supernet(nn.Module):
         for u, idx in self._unit_positions.items():
             combos = []
             for choice in itertools.product(*[range(len(self.positions[i].candidates)) for i in idx]):
-                w, assign = None, dict(self._unit_fixed[u])
+                w = None
                 for i, c in zip(idx, choice):
-                    name = self.positions[i].names[c]
-                    assign.update(self.positions[i].candidates[name])
                     w = weights[i][c] if w is None else w * weights[i][c]
-                combos.append((w, assign if self.shared else self.positions[idx[0]].names[choice[0]]))
+                combos.append((w, self._combo(u, idx, choice)))
             mix[u] = combos
         return mix
+
+    def _combo(self, unit: str, idx: List[int], choice) -> object:
+        """What the unit runs for one candidate per touching position: {site: op} when candidates
+        share the unit, else the candidate's name (its own copy of the unit)."""
+        if not self.shared:
+            return self.positions[idx[0]].names[choice[0]]
+        assign = dict(self._unit_fixed[unit])
+        for i, c in zip(idx, choice):
+            assign.update(self.positions[i].candidates[self.positions[i].names[c]])
+        return assign
 
     def sample_path(self, generator: Optional[torch.Generator] = None) -> List[int]:
         """One candidate index per position, drawn from the alphas' probabilities."""
@@ -104,14 +112,7 @@ class Supernet(nn.Module):
     def path_mix(self, path: List[int]) -> Dict[str, list]:
         """Per-unit combos of a single path: one combo per unit and no mixing weight, so only
         the chosen candidate's ops run (the output equals the derived network's)."""
-        mix = {}
-        for u, idx in self._unit_positions.items():
-            assign = dict(self._unit_fixed[u])
-            for i in idx:
-                name = self.positions[i].names[path[i]]
-                assign.update(self.positions[i].candidates[name])
-            mix[u] = [(None, assign if self.shared else self.positions[idx[0]].names[path[idx[0]]])]
-        return mix
+        return {u: [(None, self._combo(u, idx, [path[i] for i in idx]))] for u, idx in self._unit_positions.items()}
 
     def forward(self, x: torch.Tensor, weights: Optional[List[torch.Tensor]] = None,
                 path: Optional[List[int]] = None):

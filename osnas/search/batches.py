@@ -87,9 +87,11 @@ class SearchBatches:
                                                  K, derive_seed(seed, "a", di), make_sampler)
         self.objective = objective
         self.num_classes = self.union.num_classes
+        self._plan_from = None  # (streams' state, global step) where the last plan began
 
     def plan_steps(self, global_step: int, n: int) -> List[List]:
         """The batches (as (index, seed) keys) of the next n steps: [weight, alpha] per step."""
+        self._plan_from = (self.state_dict(), global_step)
         out = []
         nd = len(self.domains)
         for t in range(global_step, global_step + n):
@@ -106,17 +108,15 @@ class SearchBatches:
     def state_dict(self) -> dict:
         return {k: s.state() for k, s in self.streams.items()}
 
-    def state_after(self, state: dict, global_step: int, n: int) -> dict:
-        """The streams' state after the first n steps of a plan made from `state` at `global_step`.
-        A plan covers the rest of an epoch, so the live state is already at the epoch's end: a
-        checkpoint taken mid-epoch must hold this one instead. The live state is left as it is."""
-        now = self.state_dict()
-        try:
-            self.load_state_dict(state)
-            self.plan_steps(global_step, n)
-            return self.state_dict()
-        finally:
-            self.load_state_dict(now)
+    def rewind(self, global_step: int) -> None:
+        """Put the streams where they stand at `global_step` of the last plan. A plan covers the
+        rest of an epoch, so after planning the streams are already at the epoch's end: a
+        checkpoint taken mid-epoch must hold the state at its own step instead."""
+        if self._plan_from is None or global_step < self._plan_from[1]:
+            raise ValueError(f"no plan covers step {global_step}")
+        state, start = self._plan_from
+        self.load_state_dict(state)
+        self.plan_steps(start, global_step - start)
 
     def load_state_dict(self, st: dict) -> None:
         for k, s in self.streams.items():

@@ -105,7 +105,6 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             entropy_w[0] = s.entropy_weight * min(1.0, max(0.0, (epoch - s.warmup_epochs + 1) /
                                                            max(1, s.epochs - s.warmup_epochs)))
             n = s.steps_per_epoch - step_in_epoch
-            plan_state, plan_start = data.state_dict(), global_step  # where this plan's streams start
             batches = iter(batch_loader(data.dataset, data.plan_steps(global_step, n), d.workers))
             for _ in range(n):
                 wb = [t.to(run.device, non_blocking=True) for t in next(batches)]  # weight batch (x, pid, cam, dom)
@@ -147,9 +146,8 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                              + " ".join(f"{p.name}:{c}" for p, c in zip(model.positions, model.choices().values())))
                 if run.stop_requested:
                     del batches  # stops the loader's workers
-                    # the streams as they stand at this step, not at the end of the planned epoch
-                    at_step = StreamState(data.state_after(plan_state, plan_start, global_step - plan_start))
-                    run.stop({**parts, "streams": at_step}, counters(), meta, groups(), at=f"step {global_step}")
+                    data.rewind(global_step)  # the streams as they stand at this step, not at the epoch's end
+                    run.stop(parts, counters(), meta, groups(), at=f"step {global_step}")
             del batches
             epoch, step_in_epoch = epoch + 1, 0
             if epoch % cfg.run.checkpoint_every == 0 or epoch == s.epochs:
@@ -164,16 +162,6 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
 
     dist.on_main(finish, ctx)
     return run_dir
-
-
-class StreamState:
-    """A fixed batch-stream state where a checkpoint expects an object with state_dict()."""
-
-    def __init__(self, state: dict):
-        self.state = state
-
-    def state_dict(self) -> dict:
-        return self.state
 
 
 # ----------------------------------------------------------------------------- configuration
