@@ -89,6 +89,11 @@ def _taus(s: dict) -> dict:
     return s.get("kendall_tau_by_search") or ({"lodo": s["kendall_tau"]} if s.get("kendall_tau") else {})
 
 
+def _no_in(position: str) -> str:
+    """The candidate without IN at a position of the searched spaces: bn at the stem, plain in a block."""
+    return "bn" if position == "stem" else "plain"
+
+
 def yardstick_section(s: dict) -> list:
     """What the random architectures themselves resolve: the effect of IN at each position on the
     held-out mAP, all positions fitted together by least squares (mAP ~ 1 + one IN indicator per
@@ -98,9 +103,8 @@ def yardstick_section(s: dict) -> list:
 
     randoms = s["random_architectures"]
     maps = np.array([s["yardstick"][f"random{i:02d}"]["mAP"] for i in range(len(randoms))])
-    ref = {"stem": "bn"}
     positions = list(randoms[0])
-    has_in = np.array([[a[p] != ref.get(p, "plain") for p in positions] for a in randoms], dtype=float)
+    has_in = np.array([[a[p] != _no_in(p) for p in positions] for a in randoms], dtype=float)
     x = np.hstack([np.ones((len(randoms), 1)), has_in])  # (n, 1 + positions)
     lines = ["### What the yardstick resolves", "",
              "The effect of IN at each position on the held-out mAP of the random architectures, all positions "
@@ -128,7 +132,7 @@ def yardstick_section(s: dict) -> list:
         for m, r in s["methods"].items():
             cells = []
             for p, want in favoured.items():
-                hits = sum((row["choices"][p] != ref.get(p, "plain")) == want for row in r["per_seed"])
+                hits = sum((row["choices"][p] != _no_in(p)) == want for row in r["per_seed"])
                 cells.append(f"{p} {hits}/{len(r['per_seed'])}")
             lines.append(f"- {m}: " + ", ".join(cells))
     return lines + [""]
@@ -142,7 +146,6 @@ def lean_section(s: dict) -> list:
     if not fp:
         return []
     positions = list(next(iter(fp.values()))[0])
-    ref = {p: ("bn" if p == "stem" else "plain") for p in positions}
     uniform = {p: 1 / len(next(iter(fp.values()))[0][p]) for p in positions}
     lines = ["### Where the alphas end", "",
              "Per search and position, the final probability of the op without IN (bn at the stem, plain in a block), "
@@ -152,7 +155,7 @@ def lean_section(s: dict) -> list:
     for v, rows in fp.items():
         cells = []
         for p in positions:
-            vals = [r[p][ref[p]] for r in rows]
+            vals = [r[p][_no_in(p)] for r in rows]
             cells.append(f"{statistics.mean(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -161,13 +164,15 @@ def lean_section(s: dict) -> list:
 def _paired_genotype(s: dict) -> str:
     """Which genotype the paired test retrained: the default method's most frequent one (ties:
     the earliest seed's, as run_protocol._modal picks it), with its choices."""
+    from run_protocol import _modal
+
     rows = s["methods"][s["paired"]["default"]]["per_seed"]
-    keys = [json.dumps(r["choices"], sort_keys=True) for r in rows]
-    best = max(range(len(keys)), key=lambda i: (keys.count(keys[i]), -keys.index(keys[i])))
-    n = keys.count(keys[best])
+    modal = _modal([r["choices"] for r in rows])
+    first = next(r for r in rows if r["choices"] == modal)
+    n = sum(r["choices"] == modal for r in rows)
     how = ("its only genotype" if len(rows) == 1 else f"found by {n} of {len(rows)} seeds" if n > 1 else
-           f"every seed found another; seed {rows[best]['seed']}'s, the first")
-    return how + ": " + ", ".join(f"{k}={v}" for k, v in rows[best]["choices"].items())
+           f"every seed found another; seed {first['seed']}'s, the first")
+    return how + ": " + ", ".join(f"{k}={v}" for k, v in first["choices"].items())
 
 
 def projection_section(s: dict) -> list:
@@ -356,7 +361,7 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                   "|---|---:|---:|---:|---:|---:|---:|"]
         from run_protocol import METHOD_SEARCH
 
-        by_search = s.get("kendall_tau_by_search") or {"lodo": s["kendall_tau"]}
+        by_search = _taus(s)
         for m, r in s["methods"].items():
             taus = by_search.get(METHOD_SEARCH.get(m, ""), [])
             tau = f"{statistics.mean(taus):.2f} ± {statistics.stdev(taus) if len(taus) > 1 else 0:.2f}" if taus else "–"

@@ -175,8 +175,7 @@ def derive(job: dict) -> dict:
 
 def supernet_scores(job: dict) -> list:
     """The supernet's held-out loss of each architecture (one-hot weights), lower = better."""
-    from osnas.derive import PerturbScorer, load_run
-    from osnas.derive import onehot
+    from osnas.derive import PerturbScorer, load_run, onehot
 
     cache = Path(job["run"]) / f"scores_{_plan_id({'choices': job['choices'], 'batches': job['batches']})}.json"
     if cache.is_file():
@@ -196,8 +195,7 @@ def stem_projection(job: dict) -> dict:
     """Why seeds disagree, seen at the stem: the supernet's held-out loss with the stem projected
     onto BN minus onto IN (the other positions at their probabilities), per alpha batch; > 0 means
     this seed's supernet prefers IN. Mean and standard error over the batches, cached in the run."""
-    from osnas.derive import PerturbScorer, load_run
-    from osnas.derive import onehot
+    from osnas.derive import PerturbScorer, load_run, onehot
 
     cache = Path(job["run"]) / f"stem_projection_{job['batches']}.json"
     if cache.is_file():
@@ -321,11 +319,11 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     kjobs = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4),
                   choices=[c for c in randoms]) for v in ranked for s in seeds]
     scores = pool.map(supernet_scores, kjobs, f"{name}: supernet scores of the random architectures")
-    predicted = {v: scores[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(ranked)}
+    predicted = _per_variant(scores, ranked, len(seeds))
     pj = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4) * 2)
           for v in projected for s in seeds]
     proj = pool.map(stem_projection, pj, f"{name}: stem projections per search seed")
-    projections = {v: proj[i * len(seeds):(i + 1) * len(seeds)] for i, v in enumerate(projected)}
+    projections = _per_variant(proj, projected, len(seeds))
 
     # 5. paired: the default method's genotype against OSNet-AIN over the noise seeds
     default = [d for d in derived if d and Path(d["file"]).stem.startswith(a.default)]
@@ -374,8 +372,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
                                                      "plan": d["plan"]})
         for m, p in cons.items():
             diffs = [result(p, sd)["mAP"] - result(arch["osnet_ain"], sd)["mAP"] for sd in noise_seeds]
-            budgets[m]["paired"] = {"diffs": diffs, "diff_mean": statistics.mean(diffs),
-                                    "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+            budgets[m]["paired"] = {"diffs": diffs, **_diff_stats(diffs)}
 
     # 7. latency of every retrained architecture, timed together on the deployment path
     plans = {k: p for k, p in arch.items()}
@@ -403,9 +400,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     checks = dict(zip(distinct.values(), pool.map(export_check, ejobs, f"{name}: export --check")))
 
     summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
-    summary["paired_osnet"] = {"pairs": paired_osnet, "diff_mean": statistics.mean(x - y for x, y in paired_osnet),
-                               "diff_std": statistics.stdev([x - y for x, y in paired_osnet])
-                               if len(paired_osnet) > 1 else 0.0}
+    summary["paired_osnet"] = {"pairs": paired_osnet, **_diff_stats([x - y for x, y in paired_osnet])}
     summary["export_check"] = checks
     summary["stem_projection"] = projections
     _add_latency(summary, arch, derived, djobs, latency, sizes["latency_repeats"])
@@ -499,9 +494,20 @@ def search_minutes(run_dir) -> float:
 
 
 def _modal(plans: list) -> dict:
+    """The most frequent of several dicts (plans or choices); ties: the earliest."""
     keys = [json.dumps(p, sort_keys=True) for p in plans]
     best = max(keys, key=lambda k: (keys.count(k), -keys.index(k)))
     return json.loads(best)
+
+
+def _diff_stats(diffs: list) -> dict:
+    """Mean and std (0 for one value) of paired differences."""
+    return {"diff_mean": statistics.mean(diffs), "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+
+
+def _per_variant(results: list, variants: list, n: int) -> dict:
+    """Results of jobs made variant by variant, n seeds each: {variant: its n results}."""
+    return {v: results[i * n:(i + 1) * n] for i, v in enumerate(variants)}
 
 
 def _percentile(value: float, population: list) -> float:
@@ -553,8 +559,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
         "methods": methods,
         "kendall_tau": taus.get("lodo", []),
         "kendall_tau_by_search": taus,
-        "paired": {"default": default, "pairs": paired, "diff_mean": statistics.mean(diffs),
-                   "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0},
+        "paired": {"default": default, "pairs": paired, **_diff_stats(diffs)},
     }
 
 
