@@ -36,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
     p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
     p.add_argument("--select", default=None, metavar="METHOD",
-                   help="argmax (default for one run) | perturb | consensus (default for several runs)")
+                   help="argmax (default for one run) | perturb | consensus (default for several runs) | retrieval")
     p.add_argument("--out", default=None,
                    help="genotype file to write (default RUN/genotype.yaml; required with several runs)")
     p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")
-    p.add_argument("--batches", type=int, default=4, help="perturb: alpha-step batches per source to score on")
+    p.add_argument("--batches", type=int, default=4, help="perturb, retrieval: alpha-step batches per source to score on")
     p.add_argument("--order", default="fixed", metavar="ORDER",
                    help="perturb: fixed (positions in the space's order) | greedy (largest best drop first)")
-    p.add_argument("--data-root", default=None, help="perturb: datasets folder (default: the run's own)")
-    p.add_argument("--device", default="auto", help="perturb: auto | cpu | cuda[:N]")
+    p.add_argument("--data-root", default=None, help="perturb, retrieval: datasets folder (default: the run's own)")
+    p.add_argument("--device", default="auto", help="perturb, retrieval: auto | cpu | cuda[:N]")
     p.add_argument("--cost-table", default=None, metavar="FILE|proxy",
                    help="deployment cost table (default: the run's search.cost_table)")
     p.add_argument("--cost-budget", type=float, default=None, metavar="REL",

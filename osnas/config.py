@@ -77,7 +77,9 @@ class SearchConfig:
     alpha_betas: list = field(default_factory=lambda: [0.5, 0.999])
     alpha_weight_decay: float = 0.0
     alpha_every: int = 1  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
-    weight_step: str = "mixed"  # mixed: every candidate, weighted by the alphas | sampled: one path drawn from them
+    # mixed: every candidate, weighted by the alphas | sampled: one path drawn from them |
+    # uniform: one path drawn uniformly, no alpha step (derive with --select retrieval)
+    weight_step: str = "mixed"
     entropy_weight: float = 0.0  # alpha loss + w * mean position entropy, w ramped 0 -> entropy_weight over the alpha epochs
     # deployment cost (osnas/search/budget.py): "" = none | proxy | a cost table file from `osnas profile`
     cost_table: str = ""

@@ -248,7 +248,7 @@ def test_perturb_on_a_one_architecture_supernet_agrees_with_argmax(runs, tmp_pat
 
 def test_perturb_several_runs_vote(runs, tmp_path, monkeypatch):
     """perturb per run, then a majority vote; ties go to the larger mean probability."""
-    import osnas.derive as derive
+    import osnas.derive.perturb as derive
 
     a = _copy_with_probs(runs[0], tmp_path / "a", [[.1, .2, .3, .4]] * 6)
     b = _copy_with_probs(runs[1], tmp_path / "b", [[.1, .2, .3, .4]] * 6)

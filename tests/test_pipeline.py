@@ -68,7 +68,8 @@ def _wait_for_checkpoint(path: Path, proc, timeout=240):
 
 
 @pytest.mark.parametrize("how,extra", [("kill", []), ("sigint", []),
-                                       ("kill", ["search.weight_step=sampled"])])  # paths drawn per step
+                                       ("kill", ["search.weight_step=sampled"]),  # paths drawn per step
+                                       ("kill", ["search.weight_step=uniform"])])
 def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how, extra):
     ref = _search(root, tmp_path / "ref", extra)
     out = tmp_path / "run"

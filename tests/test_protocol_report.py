@@ -44,3 +44,32 @@ def test_the_opposite_effect_favours_no_in_and_no_effect_resolves_nothing():
     assert "- argmax: stem 1/3" in text
     flat = "\n".join(results_protocol.yardstick_section(_summary(0.0)))
     assert "**IN**" not in flat and "**no IN**" not in flat and "Seeds choosing" not in flat
+
+
+def test_paired_methods_are_tabled_against_both_references():
+    pm = {"uniform": {"choices": {"stem": "bn"}, "mAP": [0.06, 0.07],
+                      "vs_osnet_ain": {"diff_mean": 0.02, "diff_std": 0.005},
+                      "vs_osnet": {"diff_mean": 0.0, "diff_std": 0.0}},
+          "retrieval": {"choices": {"stem": "in"}, "mAP": [0.05, 0.05],
+                        "vs_osnet_ain": {"diff_mean": -0.001, "diff_std": 0.01},
+                        "vs_osnet": {"diff_mean": -0.015, "diff_std": 0.004}}}
+    lines = results_protocol.paired_methods_section({"paired_methods": pm}, noise=0.007)
+    assert "| uniform | stem=bn | 6.5 ± 0.7 | 2.0 ± 0.5 | 0.0 ± 0.0 |" in lines
+    assert "| retrieval | stem=in | 5.0 ± 0.0 | -0.1 ± 1.0 | -1.5 ± 0.4 |" in lines
+    assert results_protocol.paired_methods_section({"paired_methods": {"uniform": pm["uniform"]}}, 0.007) == []
+
+
+def test_a_retrain_refuses_a_genotype_that_is_not_its_folders_architecture(tmp_path):
+    """Retrain folders are named by the architecture they hold: a genotype file that names
+    another one (a stale label) must stop the job before any training."""
+    run_protocol = pytest.importorskip("run_protocol")
+    from osnas.models.genotype import named_genotype
+
+    g = tmp_path / "default.yaml"
+    named_genotype("osnet_ain").save(g)
+    right = tmp_path / run_protocol._plan_id(named_genotype("osnet_ain").plan) / "seed2"
+    wrong = tmp_path / run_protocol._plan_id(named_genotype("osnet").plan) / "seed2"
+    with pytest.raises(RuntimeError, match="not " + wrong.parent.name):
+        run_protocol.retrain_eval({"genotype": str(g), "out": str(wrong), "seed": 2, "overrides": [],
+                                   "root": str(tmp_path), "config": "", "name": "x"})
+    assert not wrong.exists() and not right.exists()

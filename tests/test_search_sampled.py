@@ -106,9 +106,41 @@ def test_a_sampled_search_records_its_paths_and_is_deterministic(synth_root, tmp
     assert "path" not in mixed[0]
 
 
+def test_uniform_paths_ignore_the_alphas():
+    sn = build_supernet("osnet_stem_blocks", arch=ARCH, num_classes=4)
+    with torch.no_grad():
+        sn.alphas[1].copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))  # the alphas would make in_res nearly certain
+    gen = torch.Generator().manual_seed(0)
+    draws = collections.Counter(sn.sample_path(gen, uniform=True)[1] for _ in range(400))
+    assert set(draws) == {0, 1, 2, 3} and all(60 <= n <= 140 for n in draws.values())
+
+
+def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys):
+    """weight_step=uniform: paths drawn uniformly, no alpha step, alphas as initialised; derive
+    defaults to --select retrieval and refuses to read the unmoved alphas by argmax."""
+    sets = SEARCH + ["search.weight_step=uniform"]
+    a = run_search(data_root=str(synth_root), out=str(tmp_path / "a"), overrides=sets)
+    h = read_history(a)
+    assert len(h) == 6 and all(r["alphas"] == h[0]["alphas"] for r in h)
+    assert all(r.get("loss_a") is None for r in h) and len({tuple(r["path"].values()) for r in h}) > 1
+    assert h == read_history(run_search(data_root=str(synth_root), out=str(tmp_path / "b"), overrides=sets))
+    capsys.readouterr()
+    assert main(["derive", "--run", str(a), "--batches", "1"]) == 0
+    from osnas.models.genotype import load_genotype
+
+    assert load_genotype(a / "genotype.yaml").select == "retrieval"
+    capsys.readouterr()
+    assert main(["derive", "--run", str(a), "--select", "argmax", "--out", str(tmp_path / "g.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weight_step=uniform" in err[0] and "--select retrieval" in err[0]
+    assert not (tmp_path / "g.yaml").exists()
+
+
 @pytest.mark.parametrize("sets,needle", [
-    (["search.weight_step=single_path"], "search.weight_step='single_path': expected one of mixed, sampled"),
+    (["search.weight_step=single_path"], "search.weight_step='single_path': expected one of mixed, sampled, uniform"),
     (["search.weight_step=sampled", "search.order=single"], "search.weight_step=sampled needs a bilevel search"),
+    (["search.weight_step=uniform", "search.cost_table=proxy", "search.cost_budget=1.02"],
+     "search.weight_step=uniform never steps them"),
 ])
 def test_bad_weight_step_settings_exit_2(synth_root, tmp_path, capsys, sets, needle):
     rc = main(["search", "--data-root", str(synth_root), "--out", str(tmp_path / "x")]

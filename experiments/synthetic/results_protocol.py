@@ -20,6 +20,8 @@ METHOD_TEXT = {
     "sampled": "(c') single-path weight steps drawn from the alphas, alpha step every 2, 250 steps (same budget)",
     "sampled-unseen": "(c'+e) single-path weight steps, alphas judged on a source never trained on",
     "sampled-budget": "(c') single-path weight steps with a latency budget of 1.03x the all-BN network",
+    "retrieval": "(b') the (c'+e) runs, the subnet the supernet retrieves best with (BN re-estimated per subnet)",
+    "uniform": "(b'') single-path weight steps drawn uniformly, no alpha step, 350 steps (same budget); retrieval",
 }
 
 
@@ -153,6 +155,8 @@ def lean_section(s: dict) -> list:
              + ", ... Far below uniform in every search means the alpha objectives lean towards IN there.", "",
              "| search | " + " | ".join(positions) + " |", "|---|" + "---:|" * len(positions)]
     for v, rows in fp.items():
+        if v == "uniform":  # never steps its alphas
+            continue
         cells = []
         for p in positions:
             vals = [r[p][_no_in(p)] for r in rows]
@@ -201,6 +205,7 @@ STEP_KEYS = {  # the bench's whole-step rows the targets quote, and how they rea
     "search step: first-order, alpha_every=1": "mixed weight step, alpha step every step",
     "search step: sampled path, first-order, alpha_every=2": "sampled path, alpha step every 2 (the sampled methods)",
     "search step: sampled path, first-order, alpha_every=3": "sampled path, alpha step every 3 (not searched here)",
+    "weight step: supernet (sampled path)": "uniform path, no alpha step (uniform)",
 }
 
 
@@ -219,8 +224,11 @@ def _minutes(s: dict, method: str) -> str:
     if not mins:
         return "–"
     per = f"{statistics.mean(mins):.1f} per seed"
-    return per + (f", x{len(mins)} seeds" if method == "consensus" else "") + (" + derive" if method == "perturb"
-                                                                               else "")
+    derive = [r.get("derive_seconds") for r in s["methods"].get(method, {}).get("per_seed", [])]
+    derive = [v for v in derive if v is not None]
+    if method in ("perturb", "retrieval", "uniform"):  # selections that score the supernet: derive takes time too
+        per += f" + {statistics.mean(derive) / 60:.1f} derive" if derive else " + derive"
+    return per + (f", x{len(mins)} seeds" if method == "consensus" else "")
 
 
 def cost_section(s: dict) -> list:
@@ -359,11 +367,11 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                   "| method | same genotype | per-position agreement | held-out mAP (mean ± std over seeds) | "
                   "worst percentile | Kendall τ | search wall time (min, 1 thread) |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        from run_protocol import METHOD_SEARCH
+        from run_protocol import METHOD_SEARCH, RETRIEVAL_METHODS
 
         by_search = _taus(s)
         for m, r in s["methods"].items():
-            taus = by_search.get(METHOD_SEARCH.get(m, ""), [])
+            taus = by_search.get(m if m in RETRIEVAL_METHODS else METHOD_SEARCH.get(m, ""), [])
             tau = f"{statistics.mean(taus):.2f} ± {statistics.stdev(taus) if len(taus) > 1 else 0:.2f}" if taus else "–"
             lines.append(f"| {METHOD_TEXT[m]} | {r['same_genotype']} | {100 * r['mean_position_agreement']:.0f}% | "
                          f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f} | {tau} | "
@@ -400,12 +408,28 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
         else:
             lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference |", "|---|---:|---:|---:|"]
             lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} |" for i, (x, y) in enumerate(p["pairs"], 1)]
-        lines += [""]
+        lines += [""] + paired_methods_section(s, noise)
         lines += cost_section(s) + export_section(s)
         lines += [f"![{name}]({f.name})" for f in figures(name, s, results.parent)] + [""]
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results}", file=sys.stderr)
     return results
+
+
+def paired_methods_section(s: dict, noise: float) -> list:
+    """Each paired method's most frequent genotype over the noise seeds, against OSNet-AIN and
+    plain OSNet on the same seeds (mean ± std of the paired differences)."""
+    pm = s.get("paired_methods") or {}
+    if len(pm) < 2:
+        return []
+    lines = ["Every paired method's most frequent genotype (ties: the first seed's), retrained with the noise seeds "
+             f"(twice the noise floor: {pct(2 * noise)}):", "",
+             "| method | genotype | held-out mAP | minus OSNet-AIN | minus OSNet |", "|---|---|---:|---:|---:|"]
+    for m, r in pm.items():
+        ch = ", ".join(f"{k}={v}" for k, v in r["choices"].items())
+        cells = [f"{pct(r[k]['diff_mean'])} ± {pct(r[k]['diff_std'])}" for k in ("vs_osnet_ain", "vs_osnet")]
+        lines.append(f"| {m} | {ch} | {_ms(r['mAP'])} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
 
 
 def main():

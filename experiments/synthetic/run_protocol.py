@@ -22,11 +22,18 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                               when the alphas' expected latency (the LATENCY cost table)
                               exceeds BUDGET x the all-BN network's, so IN is kept only
                               where it pays for its cost
+                   retrieval  the sampled-unseen runs, derived by asking each supernet
+                              which one-hot subnet retrieves best on the unseen source
+                              (BN re-estimated per subnet; osnas/derive/retrieval.py)
+                   uniform    single-path weight steps drawn uniformly and no alpha step
+                              (a step costs 1.03x a plain one: 350 steps for the same
+                              budget), the unseen source kept out; derived by retrieval
                  per method: seed agreement, percentile of each derived genotype in the
                  yardstick distribution, held-out mAP;
 4. ranking       Kendall tau between the supernet's held-out score of each yardstick
                  architecture (one-hot weights, per search seed of the lodo and sampled
-                 searches) and its retrained mAP; and per seed the supernet's own verdict
+                 searches: the alpha loss; of the sampled-unseen searches: the retrieval
+                 score of `retrieval`) and its retrained mAP; and per seed the supernet's own verdict
                  on the stem (held-out loss projected onto BN minus onto IN, ± its error
                  over the alpha batches): does each seed's supernet see the same thing?
 5. paired test   the default method's genotype against OSNet-AIN (and plain OSNet) over the
@@ -67,7 +74,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"style": HERE / "testbed_style.yaml", "geometry": HERE / "testbed_geometry.yaml"}
 NAMED = ("osnet", "osnet_ibn", "osnet_ain")
-METHODS = ("argmax", "perturb", "consensus", "anneal", "unseen", "sampled", "sampled-unseen", "sampled-budget")
+METHODS = ("argmax", "perturb", "consensus", "anneal", "unseen", "sampled", "sampled-unseen", "sampled-budget",
+           "retrieval", "uniform")
 BUDGET = 1.03  # sampled-budget's latency budget, relative to the all-BN network on the LATENCY path
 # the same budget as lodo's 150 steps at 2.4x a plain step: 250 steps at 1.5x (bench_search_step.json)
 _SAMPLED = ["search.weight_step=sampled", "search.alpha_every=2", "search.epochs=10"]
@@ -78,9 +86,17 @@ SEARCHES = {  # search variant -> extra --set overrides (the configuration file'
     "sampled": _SAMPLED,
     "sampled-unseen": _SAMPLED + ["search.objective=unseen", "search.alpha_loss=triplet"],
     "sampled-budget": _SAMPLED + ["search.cost_table={cost_table}", f"search.cost_budget={BUDGET:g}"],
+    # no alpha step: 1.03x a plain step (bench_search_step.json), so the same budget buys 350 steps
+    "uniform": ["search.weight_step=uniform", "search.epochs=14", "search.objective=unseen",
+                "search.alpha_loss=triplet"],
 }
 METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen",
-                 "sampled": "sampled", "sampled-unseen": "sampled-unseen", "sampled-budget": "sampled-budget"}
+                 "sampled": "sampled", "sampled-unseen": "sampled-unseen", "sampled-budget": "sampled-budget",
+                 "retrieval": "sampled-unseen", "uniform": "uniform"}
+SELECT = {"perturb": "perturb", "consensus": "consensus", "retrieval": "retrieval",  # derive --select (else argmax)
+          "uniform": "retrieval"}
+RETRIEVAL_BATCHES = 16  # validation (and recalibration) batches of the unseen source per subnet score
+RETRIEVAL_METHODS = ("retrieval", "uniform")  # their supernets' retrieval scores rank the yardstick (tau by method)
 RANKED = ("lodo", "sampled")  # the search variants whose supernets score the yardstick (Kendall tau)
 PROJECTED = ("lodo", "sampled", "unseen", "sampled-unseen")  # ... and whose stem verdicts are compared
 # the deployment path timed: eager PyTorch fp32 with BN folded, one thread's CPU time (robust to
@@ -111,8 +127,14 @@ def retrain_eval(job: dict) -> dict:
     from osnas.evaluate import run_eval_crossdomain
     from osnas.retrain import resolve_retrain_config, train
 
+    from osnas.models.genotype import load_genotype, named_genotype
+
     out = Path(job["out"])
     metrics = out / "eval" / "metrics.json"
+    g = job["genotype"]
+    plan = (load_genotype(g) if Path(g).suffix == ".yaml" else named_genotype(g)).plan
+    if _plan_id(plan) != out.parent.name:  # the folder is named by the architecture it must hold
+        raise RuntimeError(f"retrain {out}: the genotype {g} is architecture {_plan_id(plan)}, not {out.parent.name}")
     if not metrics.is_file():
         resume = (out / "checkpoint.pth").is_file()
         overrides = [f"run.seed={job['seed']}", "run.progress=false", *job["overrides"]]
@@ -164,29 +186,44 @@ def derive(job: dict) -> dict:
     from osnas.models.genotype import load_genotype
 
     out = Path(job["out"])
+    took = out.with_suffix(".seconds")  # the derive's own wall time, kept beside the genotype
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.is_file():
+        t0 = time.time()
         run_derive(job["runs"] if len(job["runs"]) > 1 else job["runs"][0], out=str(out), select=job["select"],
-                   data_root=job["root"], measure=False)  # timed later, all together, with the machine idle
+                   data_root=job["root"], batches=job.get("batches", 4),
+                   measure=False)  # timed later, all together, with the machine idle
+        took.write_text(f"{time.time() - t0:.1f}\n")
     g = load_genotype(out)
     return {"file": str(out), "plan": g.plan, "choices": {p: v["choice"] for p, v in g.positions.items()},
-            "agreement": dict(g.agreement or {}), "cost": dict(g.cost or {})}
+            "agreement": dict(g.agreement or {}), "cost": dict(g.cost or {}),
+            "derive_seconds": float(took.read_text()) if took.is_file() else None}
 
 
 def supernet_scores(job: dict) -> list:
-    """The supernet's held-out loss of each architecture (one-hot weights), lower = better."""
+    """The supernet's held-out score of each architecture, lower = better: scorer "loss", its
+    alpha loss with one-hot weights; "retrieval", minus the retrieval mAP of `--select retrieval`."""
     from osnas.derive import PerturbScorer, load_run, onehot
+    from osnas.derive.retrieval import SubnetScorer
 
-    cache = Path(job["run"]) / f"scores_{_plan_id({'choices': job['choices'], 'batches': job['batches']})}.json"
+    scorer_kind = job.get("scorer", "loss")
+    key = {"choices": job["choices"], "batches": job["batches"]}
+    if scorer_kind != "loss":
+        key["scorer"] = scorer_kind
+    cache = Path(job["run"]) / f"scores_{_plan_id(key)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     run = load_run(job["run"])
-    scorer = PerturbScorer(run, batches=job["batches"], data_root=job["root"])
     space = run.space
     out = []
-    for choices in job["choices"]:
-        w = [onehot(len(p.candidates), p.names.index(choices[p.name])) for p in space.positions]
-        out.append(scorer(w))
+    if scorer_kind == "retrieval":
+        subnet = SubnetScorer(run, batches=job["batches"], data_root=job["root"])
+        out = [-subnet([p.names.index(c[p.name]) for p in space.positions]) for c in job["choices"]]
+    else:
+        scorer = PerturbScorer(run, batches=job["batches"], data_root=job["root"])
+        for choices in job["choices"]:
+            w = [onehot(len(p.candidates), p.names.index(choices[p.name])) for p in space.positions]
+            out.append(scorer(w))
     cache.write_text(json.dumps(out))
     return out
 
@@ -249,7 +286,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     from osnas.config import build_config
     from osnas.data import data_root
     from osnas.data.synth import ensure_synth
-    from osnas.models.genotype import Genotype, named_genotype
+    from osnas.models.genotype import Genotype, load_genotype, named_genotype
     from osnas.models.space import load_space
 
     cfg = build_config(str(cfg_file), sizes.get("overrides", []))
@@ -263,8 +300,10 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     gdir.mkdir(parents=True, exist_ok=True)
 
     def genotype_file(label: str, plan: dict) -> str:
+        """genotypes/LABEL.yaml holding `plan`; rewritten when a label (the paired default) now
+        names another architecture, so a retrain never reads a stale file."""
         path = gdir / f"{label}.yaml"
-        if not path.is_file():
+        if not path.is_file() or load_genotype(path).plan != plan:
             Genotype(plan=plan, name=label, arch=cfg.model.arch, space=space.name, space_hash=space.sha256).save(path)
         return str(path)
 
@@ -303,7 +342,8 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
             djobs.append(dict(root=root, method=m, seed="all", runs=runs, select="consensus",
                               out=str(out / "derived" / f"{m}.yaml")))
         else:
-            djobs += [dict(root=root, method=m, seed=s, runs=[r], select="perturb" if m == "perturb" else "argmax",
+            djobs += [dict(root=root, method=m, seed=s, runs=[r], select=SELECT.get(m, "argmax"),
+                           batches=RETRIEVAL_BATCHES if SELECT.get(m) == "retrieval" else 4,
                            out=str(out / "derived" / f"{m}-seed{s}.yaml")) for s, r in zip(seeds, runs)]
     derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(a.methods)})")
     rjobs, seen = [], set(by_out)
@@ -318,6 +358,10 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     ranked, projected = [v for v in RANKED if v in variants], [v for v in PROJECTED if v in variants]
     kjobs = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4),
                   choices=[c for c in randoms]) for v in ranked for s in seeds]
+    for m in [m for m in RETRIEVAL_METHODS if m in a.methods]:
+        ranked.append(m)
+        kjobs += [dict(root=root, run=str(out / "search" / METHOD_SEARCH[m] / f"seed{s}"), batches=RETRIEVAL_BATCHES,
+                       choices=[c for c in randoms], scorer="retrieval") for s in seeds]
     scores = pool.map(supernet_scores, kjobs, f"{name}: supernet scores of the random architectures")
     predicted = _per_variant(scores, ranked, len(seeds))
     pj = [dict(root=root, run=str(out / "search" / v / f"seed{s}"), batches=sizes.get("batches", 4) * 2)
@@ -325,15 +369,24 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     proj = pool.map(stem_projection, pj, f"{name}: stem projections per search seed")
     projections = _per_variant(proj, projected, len(seeds))
 
-    # 5. paired: the default method's genotype against OSNet-AIN over the noise seeds
-    default = [d for d in derived if d and Path(d["file"]).stem.startswith(a.default)]
-    modal = _modal([d["plan"] for d in default])
-    pjobs = [dict(base, genotype=genotype_file("default", modal), name="default", seed=s,
-                  out=str(out / "retrain" / _plan_id(modal) / f"seed{s}")) for s in noise_seeds]
-    pjobs = [j for j in pjobs if j["out"] not in by_out]
+    # 5. paired: the default method's genotype (and --paired methods') against OSNet-AIN over the noise seeds
+    modals = {m: _modal([d["plan"] for j, d in zip(djobs, derived) if j["method"] == m])
+              for m in dict.fromkeys([a.default] + a.paired)}
+    pjobs = [dict(base, genotype=genotype_file("default" if m == a.default else f"paired-{m}", p), name=m, seed=s,
+                  out=str(out / "retrain" / _plan_id(p) / f"seed{s}")) for m, p in modals.items() for s in noise_seeds]
+    pjobs = list({j["out"]: j for j in pjobs if j["out"] not in by_out}.values())
     by_out.update({j["out"]: r for j, r in zip(pjobs, pool.map(retrain_eval, pjobs, f"{name}: paired retrains"))})
+    modal = modals[a.default]
     paired = [(result(modal, s)["mAP"], result(arch["osnet_ain"], s)["mAP"]) for s in noise_seeds]
     paired_osnet = [(result(modal, s)["mAP"], result(arch["osnet"], s)["mAP"]) for s in noise_seeds]
+    paired_methods = {}
+    for m, p in modals.items():
+        ours = [result(p, s)["mAP"] for s in noise_seeds]
+        paired_methods[m] = {"choices": next(d["choices"] for j, d in zip(djobs, derived)
+                                             if j["method"] == m and d["plan"] == p),
+                             "mAP": ours, **{f"vs_{ref}": _diff_stats([x - result(arch[ref], s)["mAP"]
+                                                                       for x, s in zip(ours, noise_seeds)])
+                                             for ref in ("osnet_ain", "osnet")}}
 
     # 6. cost-aware searches at each budget (the cost table profiled on the LATENCY backend)
     budgets = {}
@@ -401,6 +454,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
 
     summary = summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, a.default)
     summary["paired_osnet"] = {"pairs": paired_osnet, **_diff_stats([x - y for x, y in paired_osnet])}
+    summary["paired_methods"] = paired_methods
     summary["export_check"] = checks
     summary["stem_projection"] = projections
     _add_latency(summary, arch, derived, djobs, latency, sizes["latency_repeats"])
@@ -527,6 +581,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
         for j, d in rows:
             r = result(d["plan"])
             per_seed.append({"seed": j["seed"], "choices": d["choices"], "mAP": r["mAP"], "rank1": r["rank1"],
+                             "derive_seconds": d.get("derive_seconds"),
                              "targets": r["targets"], "percentile": _percentile(r["mAP"], population)})
         plans = [json.dumps(d["plan"], sort_keys=True) for _, d in rows]
         positions = [p.name for p in space.positions]
@@ -570,12 +625,15 @@ def main():
     ap.add_argument("--configs", default="style,geometry", help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--quick", action="store_true", help="a much smaller protocol (minutes): checks the machinery")
     ap.add_argument("--jobs", type=int, default=2, help="jobs run at a time (one thread each)")
-    # sampled-unseen: the best seed agreement measured (style 69%, geometry 91%: RESULTS.md) at 1.5x a plain step
-    ap.add_argument("--default", default="sampled-unseen", choices=METHODS,
+    # uniform: the most reproducible answer measured (per-position agreement style 80%, geometry 94%) at 1.03x a
+    # plain step, and on geometry the answer "no IN" (RESULTS.md)
+    ap.add_argument("--default", default="uniform", choices=METHODS,
                     help="the method the paired test checks (its most frequent genotype)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated, of " + ", ".join(METHODS) + " (default all: about 3.3 h on 2 cores from "
                          "scratch; argmax,consensus,unseen,sampled-unseen about 2 h)")
+    ap.add_argument("--paired", default="", help="more methods whose most frequent genotype is retrained with "
+                                                  "the noise seeds and paired (comma-separated)")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
     ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
                                                    "searches (e.g. 1.01,1.03); none by default")
@@ -584,11 +642,13 @@ def main():
     a = ap.parse_args()
     a.budget_configs = [c for c in (a.budget_configs or a.configs).split(",") if c]
     a.methods = [m for m in a.methods.split(",") if m]
-    bad = [m for m in a.methods if m not in METHODS]
+    a.paired = [m for m in a.paired.split(",") if m]
+    bad = [m for m in a.methods + a.paired if m not in METHODS]
     if bad or not a.methods:
         raise SystemExit(f"run_protocol: --methods {bad or '(none)'}: expected some of {', '.join(METHODS)}")
-    if a.default not in a.methods:
-        raise SystemExit(f"run_protocol: --default {a.default} is not among --methods {','.join(a.methods)}")
+    if a.default not in a.methods or not set(a.paired) <= set(a.methods):
+        raise SystemExit(f"run_protocol: --default {a.default} and --paired {','.join(a.paired)} must be among "
+                         f"--methods {','.join(a.methods)}")
     try:
         a.budgets = [float(b) for b in a.budgets.split(",") if b.strip()]
     except ValueError:

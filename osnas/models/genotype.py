@@ -52,7 +52,7 @@ class Genotype:
     seed: Optional[int] = None
     step: Optional[int] = None
     nonshared: dict = field(default_factory=dict)  # unit -> chosen candidate (non-shared supernets)
-    # how `osnas derive` chose (osnas.derive): the selection method (argmax | perturb | consensus;
+    # how `osnas derive` chose (osnas.derive): the selection method (argmax | perturb | consensus | retrieval;
     # '' = not derived, e.g. a named genotype or a file written before these fields existed), per
     # position the fraction of the runs used whose own choice is this genotype's, and those runs
     select: str = ""

@@ -105,9 +105,11 @@ class Supernet(nn.Module):
             assign.update(self.positions[i].candidates[self.positions[i].names[c]])
         return assign
 
-    def sample_path(self, generator: Optional[torch.Generator] = None) -> List[int]:
-        """One candidate index per position, drawn from the alphas' probabilities."""
-        return [int(torch.multinomial(p.float(), 1, generator=generator)) for p in self.probs()]
+    def sample_path(self, generator: Optional[torch.Generator] = None, uniform: bool = False) -> List[int]:
+        """One candidate index per position, drawn from the alphas' probabilities (uniform: every
+        candidate alike, whatever the alphas)."""
+        probs = [torch.ones(len(p.candidates)) for p in self.positions] if uniform else self.probs()
+        return [int(torch.multinomial(p.float(), 1, generator=generator)) for p in probs]
 
     def path_mix(self, path: List[int]) -> Dict[str, list]:
         """Per-unit combos of a single path: one combo per unit and no mixing weight, so only

@@ -6,7 +6,7 @@
 
 The search relies on the models' mechanics: the space (osnas/models/space.py and the data
 in search_spaces/*.yaml), the relaxations (models/relax.py) and the weight-sharing supernet
-(models/supernet.py). `osnas derive` (osnas/derive.py) turns a run into a genotype file.
+(models/supernet.py). `osnas derive` (osnas/derive/) turns a run into a genotype file.
 """
 
 from osnas.search.bilevel import read_history, run_search

@@ -9,6 +9,10 @@ Every step, as in DARTS (Liu et al., ICLR 2019):
 With `search.order=single` (the reference search) the alphas follow the training loss itself.
 With `search.weight_step=sampled` the weight step trains one path drawn from the alphas
 (supernet.py) instead of the whole mixture: a step then costs what a plain network's does.
+With `search.weight_step=uniform` the path is drawn uniformly and no alpha step is taken
+(single-path one-shot NAS, Guo et al., ECCV 2020): the run trains a supernet whose subnets
+all learn alike, to be asked afterwards which subnet is best (`osnas derive --select
+retrieval`); its alphas never move, so there is nothing for argmax or consensus to read.
 Alphas are frozen for the first `search.warmup_epochs`, then step every `search.alpha_every`
 weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss, and a
 deployment budget (`search.cost_budget` on `search.cost_table`, budget.py) scales it when the
@@ -42,7 +46,8 @@ from osnas.training import batch_loader, build_optimizer, lr_factor, set_lr
 from osnas.utils import atomic_write_text, log, read_jsonl, write_json
 
 LOSSES = ("id", "triplet", "both")
-WEIGHT_STEPS = ("mixed", "sampled")
+WEIGHT_STEPS = ("mixed", "sampled", "uniform")
+PATH_STEPS = ("sampled", "uniform")  # weight steps that train one path per step
 
 
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
@@ -97,7 +102,8 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             return dist.model_groups(model, model.arch_parameters())
 
         total_steps = s.epochs * s.steps_per_epoch
-        sampled = s.weight_step == "sampled"
+        sampled = s.weight_step in PATH_STEPS
+        uniform = s.weight_step == "uniform"  # paths drawn uniformly, and no alpha step at all
         run.start_progress(total_steps, global_step)
         while epoch < s.epochs:
             model.tau = relax.gumbel_tau(epoch, s.tau_init, s.tau_decay_every, s.tau_factor, s.tau_min) \
@@ -111,7 +117,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 ab = [t.to(run.device, non_blocking=True) for t in next(batches)]  # alpha batch
                 set_lr(w_opt, base_lr, lr_factor(epoch + step_in_epoch / s.steps_per_epoch, s.epochs, s.schedule))
                 model.train()
-                alphas_on = epoch >= s.warmup_epochs and global_step % s.alpha_every == 0
+                alphas_on = not uniform and epoch >= s.warmup_epochs and global_step % s.alpha_every == 0
                 # 1. alpha step, judged on the alpha batch (weights and BN statistics left as they were)
                 loss_a = architect.step(wb, ab) if alphas_on and s.order != "single" else None
                 # 2. weight step on the training batch
@@ -119,7 +125,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 a_opt.zero_grad(set_to_none=True)
                 # sampled: one candidate per position, drawn from the alphas (the same on every DDP
                 # rank and after a resume: the generator is seeded by the run's seed and the step)
-                path = model.sample_path(step_generator(run.seed, global_step)) if sampled else None
+                path = model.sample_path(step_generator(run.seed, global_step), uniform) if sampled else None
                 loss = loss_w_fn(wrapped, wb, path)
                 loss_w = run.check(loss, f"search step {global_step}")
                 single = alphas_on and s.order == "single"  # single-level: alphas follow the training loss
@@ -158,7 +164,8 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
         write_json(run_dir / FINAL_ALPHAS, g.to_dict())
         log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
                                                 for k, v in g.positions.items()))
-        log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir})")
+        how = " --select retrieval" if uniform else ""
+        log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir}{how})")
 
     dist.on_main(finish, ctx)
     return run_dir
@@ -210,6 +217,10 @@ def validate_search_config(cfg: Config) -> SearchSpace:
     if s.weight_step == "sampled" and s.order == "single":
         raise OsnasError("search.weight_step=sampled needs a bilevel search (search.order first or second): the "
                          "single-level search steps the alphas through the weight step's mixture")
+    if s.weight_step == "uniform" and s.cost_budget > 0:
+        raise OsnasError(f"search.cost_budget={s.cost_budget:g} acts on the alphas, and search.weight_step=uniform "
+                         "never steps them: search with weight_step sampled or mixed, or derive within a budget "
+                         "(osnas derive --cost-budget)")
     if s.objective == "unseen" and s.alpha_loss != "triplet":
         raise OsnasError(f"search.objective=unseen judges alphas on identities the classifier never saw: it needs "
                          f"search.alpha_loss=triplet, got {s.alpha_loss}")

@@ -1,0 +1,211 @@
+"""`osnas derive`: freeze the answer of one or more search runs into a genotype file.
+
+    osnas derive --run RUN [RUN ...] [--select argmax|perturb|consensus|retrieval] [--out FILE]
+
+Selection methods (SELECTORS; the default is retrieval for runs of `search.weight_step=uniform`
+(their alphas never move) or `search.objective=unseen` (a source the weights never saw to ask the
+supernet on), else argmax for one run and consensus for several: `default_select`):
+
+argmax     per position the candidate with the largest probability of the run's final alphas.
+perturb    perturbation-based selection (Wang et al., "Rethinking Architecture Selection in
+           Differentiable NAS", ICLR 2021): the supernet of the run (weights and alphas of
+           its checkpoint) is scored on the run's own alpha-step data; per position, each
+           candidate is removed from the mixture in turn and the candidate whose removal
+           raises the validation loss most is kept (see `perturb_select`, `PerturbScorer`).
+           Positions are decided one at a time, each fixed to one-hot before the next is
+           scored. Unlike the paper, the supernet is not fine-tuned between decisions: the
+           weights stay as searched, which keeps derive cheap (no training data pass) and
+           deterministic. With several runs every run is perturbed alone and the runs vote.
+consensus  per position the argmax of the runs' mean probabilities.
+retrieval  the one-hot subnet whose held-out retrieval mAP is best, asked of the supernet
+           itself after re-estimating the subnet's BN statistics (retrieval.py): from the
+           subnet without IN, a position takes IN only where it scores better beyond 2
+           standard errors. Several runs: their validation batches pooled.
+
+One file per method: alphas.py (argmax, consensus), perturb.py, retrieval.py; runs.py reads
+the runs and assembles the genotype with its provenance; this file is the entry point.
+
+Every run is read through its own copy of the space it searched (its hash must match the
+checkpoint's), and several runs must have searched the same space. The file records, besides
+the choice, probabilities and entropy of every position: `select` (the method), `agreement`
+(per position, the fraction of the runs whose own choice is the chosen candidate; 1.0 for
+one run), `runs` (the run folders), and for perturb and retrieval the score of every
+candidate, so every later result can be traced back to how its architecture was chosen.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+from osnas.derive.alphas import select_argmax, select_consensus
+from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
+                                  perturb_select, remove_candidate, scoring_mode, select_perturb)
+from osnas.derive.retrieval import select_retrieval
+from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
+from osnas.errors import OsnasError
+from osnas.models.genotype import Genotype
+from osnas.rundir import GENOTYPE
+
+__all__ = ["SELECTORS", "derive", "run_derive", "derive_from_run", "apply_budget", "print_summary",
+           # the pieces, for scripts and tests: reading runs, and the selection methods
+           "SearchRun", "load_run", "load_supernet", "run_config", "PERTURB_ORDERS", "PerturbResult", "PerturbScorer",
+           "onehot", "perturb_run", "perturb_select", "remove_candidate", "scoring_mode", "select_argmax",
+           "select_consensus", "select_perturb", "select_retrieval"]
+
+SELECTORS: Dict[str, Callable[..., Genotype]] = {
+    "argmax": select_argmax,
+    "perturb": select_perturb,
+    "consensus": select_consensus,
+    "retrieval": select_retrieval,
+}
+
+
+# ----------------------------------------------------------------------------- entry points
+def _as_list(run) -> List:
+    if isinstance(run, (str, Path)):
+        return [run]
+    return list(run)
+
+
+def default_select(searched: Sequence) -> str:
+    """The selection method when none is given, from the runs' search settings: retrieval for
+    runs whose alphas never moved (weight_step=uniform) or that kept a source out of every weight
+    step (objective=unseen), so the supernet can be asked on data it never trained on; else
+    argmax for one run and consensus for several. On the synthetic test-bed, retrieval on the
+    unseen-objective runs gave a higher held-out mAP than their argmax on both configurations and
+    ranked random architectures as retraining does (Kendall tau 0.3-0.6 against about 0 for the
+    alpha loss): experiments/synthetic/RESULTS.md."""
+    if any(s.weight_step == "uniform" or s.objective == "unseen" for s in searched):
+        return "retrieval"
+    return "argmax" if len(searched) == 1 else "consensus"
+
+
+def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, order: str = "fixed",
+           data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
+           cost_budget: float | None = None, measure: bool = True) -> Genotype:
+    """The genotype of one run or several (`run`: a folder or a list of folders) by `select`
+    (a key of SELECTORS; None = `default_select`).
+
+    With a cost table (`cost_table`, else the first run's search.cost_table) the genotype
+    records its deployment cost, and a budget (`cost_budget`, else the run's
+    search.cost_budget; 0 = none) is a hard limit: see `apply_budget`."""
+    paths = _as_list(run)
+    if not paths:
+        raise OsnasError("derive needs at least one search run (--run)")
+    if select is not None and select not in SELECTORS:
+        raise OsnasError(f"unknown selection method {select!r}; valid: {', '.join(SELECTORS)}")
+    if order not in PERTURB_ORDERS:
+        raise OsnasError(f"unknown perturb order {order!r}; valid: {', '.join(PERTURB_ORDERS)}")
+    if checkpoint and len(paths) > 1:
+        raise OsnasError("--checkpoint names one checkpoint: use it with a single --run")
+    runs = [load_run(p, checkpoint) for p in paths]
+    _check_same_space(runs)
+    # runs of a uniform single-path search never stepped their alphas: only their supernet has an answer
+    searched = [run_config(r).search for r in runs]
+    uniform = [r for r, s in zip(runs, searched) if s.weight_step == "uniform"]
+    select = select or default_select(searched)
+    if uniform and select in ("argmax", "consensus"):
+        raise OsnasError(f"{uniform[0].path} searched with search.weight_step=uniform: its alphas never moved, so "
+                         f"{select} has nothing to read; derive it with --select retrieval")
+    g = SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)
+    return apply_budget(g, runs, cost_table, cost_budget, measure)
+
+
+def _run_cost_settings(run: SearchRun) -> tuple:
+    """(cost_table, cost_budget, height, width, arch) from a run's config.yaml (defaults when absent)."""
+    cfg = run_config(run)
+    return (cfg.search.cost_table, cfg.search.cost_budget, cfg.data.height, cfg.data.width,
+            run.ck.get("arch") or cfg.model.arch)
+
+
+def apply_budget(g: Genotype, runs: Sequence[SearchRun], cost_table: str | None = None,
+                 cost_budget: float | None = None, measure: bool = True) -> Genotype:
+    """The genotype within the deployment budget, with its `cost` record.
+
+    Over budget, candidates are switched greedily where the least preference (the recorded
+    probabilities) is lost per unit of relative cost saved (osnas.search.budget.fit_budget);
+    the switches are recorded in `cost.switches`. With a measured table (not the proxy) and
+    `measure`, the derived network and the all-BN network of its width are timed on the
+    table's backend, input size, batch and threads: `cost.latency_ms` and `cost.measured_relative`."""
+    from dataclasses import replace
+
+    from osnas.search import budget as B
+
+    spec, run_budget, height, width, arch = _run_cost_settings(runs[0])
+    spec = spec if cost_table is None else cost_table
+    limit = B.check_budget(run_budget if cost_budget is None else cost_budget, "--cost-budget")
+    space = runs[0].space
+    table = B.cost_table(spec, space, arch, height, width)
+    if table is None:
+        if limit > 0:
+            raise OsnasError(f"cost budget {limit:g} needs a cost table (--cost-table FILE|proxy); the run has none")
+        return g
+    chosen = [p.names.index(g.positions[p.name]["choice"]) for p in space.positions]
+    pref = [torch.tensor([g.positions[p.name]["probs"][c] for c in p.names]) for p in space.positions]
+    switches: list = []
+    if limit > 0:
+        chosen, switches = B.fit_budget(space, chosen, pref, table, limit)
+    choices = {p.name: p.names[c] for p, c in zip(space.positions, chosen)}
+    positions = {k: dict(v, choice=choices[k]) for k, v in g.positions.items()}
+    measured = B.measure_cost(space.plan_for(choices), table) if measure and table.method == "measured" else None
+    return replace(g, plan=space.plan_for(choices), positions=positions,
+                   cost=B.cost_record(table, choices, limit, measured, switches, source=str(spec)))
+
+
+def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Genotype:
+    """The argmax genotype of a search run, from its checkpoint's alphas."""
+    return derive(run, "argmax", checkpoint)
+
+
+def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int = 4, order: str = "fixed",
+               data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
+               cost_budget: float | None = None, measure: bool = True) -> Path:
+    """Derive and write the genotype file; a summary table on stderr, its path on stdout.
+
+    `run`: one search run folder or a list of them; `out` defaults to RUN/genotype.yaml for
+    one run and is required for several."""
+    paths = _as_list(run)
+    if out is None and len(paths) > 1:
+        raise OsnasError(f"several runs ({', '.join(map(str, paths))}): give the genotype file to write with --out")
+    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure)
+    path = Path(out) if out else Path(paths[0]) / GENOTYPE
+    g.save(path)
+    print_summary(g, file=sys.stderr)
+    print(str(path))
+    return path
+
+
+def print_summary(g: Genotype, file=sys.stderr) -> None:
+    """Position, choice, its probability (and perturb score), agreement; then the IN sites."""
+    runs = ", ".join(g.runs)
+    print(f"genotype of {runs} (select {g.select}; {g.space}" + (f", step {g.step}" if g.step is not None else "")
+          + f", sources {','.join(g.sources)}):", file=file)
+    perturb = any("scores" in v for v in g.positions.values())
+    score_head = "mAP" if g.select == "retrieval" else "drop"  # retrieval: held-out mAP; perturb: loss rise
+    width = max([len(k) for k in g.positions] + [len("position")])
+    cw = max([len(v["choice"]) for v in g.positions.values()] + [len("choice")])
+    print(f"  {'position':<{width}}  {'choice':<{cw}}  {'prob':>6}" + (f"  {score_head:>10}" if perturb else "")
+          + f"  {'agree':>5}  {'H':>5}", file=file)
+    for k, v in g.positions.items():
+        c = v["choice"]
+        line = f"  {k:<{width}}  {c:<{cw}}  {v['probs'][c]:>6.3f}"
+        if perturb:
+            line += f"  {v['scores'][c]:>+10.5f}"
+        line += f"  {g.agreement.get(k, 1.0):>5.2f}  {v['entropy']:>5.3f}"
+        print(line, file=file)
+    print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=file)
+    c = g.cost
+    if c:
+        line = (f"cost ({c['backend']}, {c['method']}): predicted {c['relative']:.3f}x the all-BN network "
+                f"({c['predicted_ms']:.3f} ms)")
+        if "latency_ms" in c:
+            line += f"; measured {c['latency_ms']:.3f} ms = {c['measured_relative']:.3f}x"
+        if c.get("budget"):
+            line += f"; budget {c['budget']:g}x"
+        print(line, file=file)
+        for sw in c.get("switches", []):
+            print(f"  over budget: {sw['position']} {sw['from']} -> {sw['to']} (saves {sw['saved']:.4f})", file=file)

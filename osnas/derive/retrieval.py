@@ -1,0 +1,232 @@
+"""`osnas derive --select retrieval`: ask the supernet which one-hot subnet retrieves best.
+
+The other selection methods read the alphas (argmax, consensus) or the supernet's alpha loss
+(perturb). Measured on the synthetic test-bed (experiments/synthetic/RESULTS.md), neither
+ranks architectures as retraining does: the supernet's loss gives a Kendall tau near 0
+against the retrained held-out mAP of 20 random architectures, and it prefers IN in the
+last stage where retraining shows IN costs about 2.5 mAP. A loss depends on the scale of the
+features and on a classifier trained on the mixture; IN rescales features per image. The
+question re-ID asks is different: is the right identity ranked first, by cosine distance,
+among images of a domain? This module asks the supernet exactly that, one subnet at a time:
+
+    score(subnet) = mean over validation batches of the all-against-all retrieval mAP
+                    inside the batch (cosine; each image a query against the others),
+                    with the subnet's BN statistics re-estimated first.
+
+BN recalibration: a weight-sharing supernet's running BN statistics belong to the mixture
+(or to whatever paths were sampled), not to any one subnet; before a subnet is scored, its
+BN layers are reset and re-estimated, as a cumulative average, on a few weight batches
+(single-path one-shot NAS does the same: Guo et al., "Single Path One-Shot Neural
+Architecture Search with Uniform Sampling", ECCV 2020). The supernet's weights are not
+touched and its statistics are restored afterwards.
+
+Data: the run's own batches (SearchBatches.plan_steps from step 0 with the run's seed):
+validation = the alpha-step batches (for search.objective=unseen a source the weights never
+saw), recalibration = the weight-step batches, both through the evaluation transform.
+
+The answer "no IN" is the null hypothesis. The search starts from the subnet without IN and
+improves it one position at a time (coordinate ascent, positions in the space's order, until a
+sweep changes nothing, at most SWEEPS): each candidate is scored with the others fixed, and the
+position takes the simplest candidate (fewest IN sites) whose score is not below the best by
+more than Z = 2 standard errors of their paired per-batch difference. Every subnet is scored on
+the same batches, so two scores differ by the architecture and not by the data, and a
+difference inside the noise of the validation batches never buys an IN layer: the
+one-standard-error rule of model selection (Breiman et al., "Classification and Regression
+Trees", 1984), with the project's two-error threshold. With several runs the per-batch scores of
+all runs' supernets are pooled (one ascent), and a position's agreement is the fraction of runs
+whose own scores pick the chosen candidate at the final point.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from osnas.derive.runs import _agreement, _genotype, _mean_probs, load_supernet
+from osnas.errors import OsnasError
+
+SWEEPS = 3
+Z = 2.0  # IN must beat the simplest candidate by more than this many standard errors
+
+
+def batch_retrieval_map(features: torch.Tensor, pids: torch.Tensor) -> float:
+    """mAP of every image of a batch as a query against the rest of the batch (cosine).
+
+    features (B, D), pids (B,). Queries without another image of their identity are skipped;
+    NaN when no query has one."""
+    f = F.normalize(features.float(), dim=1)
+    sim = f @ f.t()  # (B, B)
+    n = sim.shape[0]
+    sim.fill_diagonal_(float("-inf"))  # the query itself sorts last and is cut off
+    order = sim.argsort(dim=1, descending=True)[:, : n - 1]  # (B, B-1) gallery by similarity
+    match = (pids[order] == pids[:, None]).float()  # (B, B-1) 1 where the identity matches
+    npos = match.sum(1)  # (B,)
+    prec = match.cumsum(1) / torch.arange(1, n, dtype=torch.float32)  # precision at each rank
+    ap = (prec * match).sum(1) / npos.clamp(min=1)
+    valid = npos > 0
+    return float(ap[valid].mean()) if bool(valid.any()) else float("nan")
+
+
+def batch_norms(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def recalibrated_bn(model: torch.nn.Module, forward: Callable, batches: Sequence):
+    """Inside: the model's BN running statistics re-estimated on `batches` (forward(x) in
+    train mode, cumulative average), model in eval mode; after: everything restored."""
+    bns = batch_norms(model)
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns]
+    was = model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        model.train()
+        with torch.no_grad():
+            for b in batches:
+                forward(b[0])
+        model.eval()
+        yield model
+    finally:
+        for m, (mom, mean, var, n) in zip(bns, saved):
+            m.momentum = mom
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
+        model.train(was)
+
+
+class SubnetScorer:
+    """`scorer.per_batch(path) -> [mAP per validation batch]` of one subnet of a run's supernet
+    (path: a candidate index per position), after its BN recalibration; `scorer(path)` is their
+    mean. Cached per path. Batches without two images of one identity are left out (for every
+    subnet alike, so per-batch scores stay paired)."""
+
+    def __init__(self, run, batches: int = 4, data_root: str | None = None, device: str = "auto"):
+        if batches < 1:
+            raise OsnasError(f"--batches must be >= 1, got {batches}")
+        self.model, data, self.device = load_supernet(run, data_root, device)
+        steps = batches * len(data.domains) if data.objective == "lodo" else batches
+        plan = data.plan_steps(0, steps)  # [weight, alpha] per step
+        self.val = [b for b in self._load(data, plan[1::2]) if len(set(b[1].tolist())) < len(b[1])]
+        if not self.val:
+            raise OsnasError(f"{run.path}: retrieval needs validation batches with two images of one identity; "
+                             f"none of the {steps} has (raise data.num_instances)")
+        self.calib = self._load(data, plan[0::2])
+        self.cache: Dict[Tuple[int, ...], List[float]] = {}
+
+    def _load(self, data, keys) -> list:
+        from osnas.training import batch_loader
+
+        return [[t.to(self.device) for t in b] for b in batch_loader(data.dataset, keys, 0)]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.cache)
+
+    def per_batch(self, path: Sequence[int]) -> List[float]:
+        key = tuple(int(c) for c in path)
+        if key not in self.cache:
+            fwd = lambda x: self.model(x, path=list(key))  # noqa: E731
+            with recalibrated_bn(self.model, fwd, self.calib), torch.no_grad():
+                self.cache[key] = [batch_retrieval_map(fwd(b[0]), b[1]) for b in self.val]
+        return self.cache[key]
+
+    def __call__(self, path: Sequence[int]) -> float:
+        scores = self.per_batch(path)
+        return sum(scores) / len(scores)
+
+
+def _mean_se(xs: Sequence[float]) -> Tuple[float, float]:
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, 0.0
+    return m, (sum((x - m) ** 2 for x in xs) / (n - 1) / n) ** 0.5
+
+
+def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = Z) -> Tuple[int, List[float]]:
+    """The simplest candidate whose score is not worse than the best beyond `z` standard errors.
+
+    rows[c]: candidate c's per-batch scores (paired across candidates); simplicity[c]: its IN
+    sites (fewer = simpler). The best is the largest mean; a candidate is within the noise when
+    the mean of its paired per-batch difference to the best is at most z times that mean's
+    standard error. Among those, the fewest IN sites, then the larger mean, then the earlier.
+    Returns (choice, per candidate: that difference in standard errors, 0 for the best)."""
+    means = [sum(r) / len(r) for r in rows]
+    best = max(range(len(rows)), key=lambda c: (means[c], -simplicity[c], -c))
+    gaps = []
+    for c, r in enumerate(rows):
+        m, se = _mean_se([b - x for b, x in zip(rows[best], r)])
+        gaps.append(0.0 if m == 0 else (m / se if se > 0 else float("inf")))
+    within = [c for c in range(len(rows)) if gaps[c] <= z]
+    return min(within, key=lambda c: (simplicity[c], -means[c], c)), gaps
+
+
+def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity: Sequence[Sequence[int]],
+                      start: Sequence[int], z: float = Z, sweeps: int = SWEEPS):
+    """Improve the path one position at a time by `pick`. simplicity[i][c]: IN sites of
+    candidate c at position i. Returns (path, rows, gaps, sweeps run), rows[i][c] = the mean
+    score with position i set to c and the others at the returned path (from the last sweep,
+    so they describe the final point), gaps[i][c] its distance to the best in standard errors."""
+    path = [int(c) for c in start]
+    sizes = [len(s) for s in simplicity]
+
+    def position(i):
+        rows = [per_batch(path[:i] + [c] + path[i + 1:]) for c in range(sizes[i])]
+        choice, gaps = pick(rows, simplicity[i], z)
+        return choice, [sum(r) / len(r) for r in rows], gaps
+
+    for sweep in range(1, sweeps + 1):
+        changed, means, gaps = False, [], []
+        for i in range(len(sizes)):
+            c, m, g = position(i)
+            changed |= c != path[i]
+            path[i] = c
+            means.append(m)
+            gaps.append(g)
+        if not changed:
+            return path, means, gaps, sweep
+    final = [position(i) for i in range(len(sizes))]  # the last sweep moved: describe the final point
+    return path, [f[1] for f in final], [f[2] for f in final], sweeps
+
+
+def in_sites(position) -> List[int]:
+    """Per candidate of a space position, how many of its sites it sets to IN."""
+    return [sum(op == "in" for op in position.candidates[n].values()) for n in position.names]
+
+
+def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = None, device: str = "auto",
+                     **_):
+    """The subnet of best held-out retrieval mAP (module docstring), as a genotype.
+
+    `positions[p]["scores"]` = each candidate's mAP at the final point (mean over the runs'
+    validation batches), `positions[p]["gap_se"]` its distance below the best in standard
+    errors; `run_scores` per run with several runs."""
+    space = runs[0].space
+    simplicity = [in_sites(p) for p in space.positions]
+    scorers = [SubnetScorer(r, batches, data_root, device) for r in runs]
+    pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
+    start = [min(range(len(s)), key=lambda c: (s[c], c)) for s in simplicity]  # no IN: the null answer
+    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start)
+    rnd = 6
+
+    def alt(i, c):
+        return [*chosen[:i], c, *chosen[i + 1:]]
+
+    per_run = [[pick([sc.per_batch(alt(i, c)) for c in range(len(s))], s)[0] for i, s in enumerate(simplicity)]
+               for sc in scorers]
+    extra = []
+    for i, p in enumerate(space.positions):
+        e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
+             "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}}
+        if len(runs) > 1:
+            e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
+        extra.append(e)
+    probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
+    return _genotype(runs, "retrieval", chosen, probs, _agreement(per_run, chosen), extra)

@@ -1,0 +1,202 @@
+"""`osnas derive --select retrieval`: the batch mAP, BN recalibration, the ascent, provenance.
+
+The batch mAP is checked against the evaluation's own metric; the recalibration against a
+standalone derived network; the coordinate ascent on scores with a known optimum; the
+selection on two tiny recorded runs (lodo, and unseen with a triplet alpha loss).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from osnas.cli import main
+from osnas.derive import load_run, run_derive
+from osnas.metrics import evaluate_rank
+from osnas.models import build_model
+from osnas.models.genotype import load_genotype
+from osnas.search.bilevel import run_search
+from osnas.derive.retrieval import SubnetScorer, batch_retrieval_map, coordinate_ascent, pick, recalibrated_bn
+
+SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+NAMES = ["plain", "in_res", "in_post", "both"]
+
+
+@pytest.fixture(scope="module")
+def runs(synth_root, tmp_path_factory):
+    """A tiny lodo run (seed 1) and a tiny unseen-objective run (seed 2) on synth0..2."""
+    base = tmp_path_factory.mktemp("retrieval-runs")
+    lodo = run_search(data_root=str(synth_root), out=str(base / "lodo"), overrides=SEARCH + ["run.seed=1"])
+    unseen = run_search(data_root=str(synth_root), out=str(base / "unseen"),
+                        overrides=SEARCH + ["run.seed=2", "search.objective=unseen", "search.alpha_loss=triplet"])
+    return [lodo, unseen]
+
+
+# ----------------------------------------------------------------------------- batch mAP
+def test_batch_map_equals_the_evaluation_metric_of_each_image_against_the_rest():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(12, 5, generator=g)
+    pids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])  # identity 3 has one image: not a query
+    f_n = torch.nn.functional.normalize(f, dim=1).numpy()
+    aps = []
+    for q in range(12):
+        if int((pids == pids[q]).sum()) < 2:
+            continue
+        rest = [j for j in range(12) if j != q]
+        dist = 1 - f_n[[q]] @ f_n[rest].T  # cosine distance (1, 11)
+        # every image its own camera: nothing is removed from the gallery
+        r = evaluate_rank(dist, pids[[q]].numpy(), pids[rest].numpy(), np.array([100]), np.arange(11), max_rank=5)
+        aps.append(r["mAP"])
+    assert batch_retrieval_map(f, pids) == pytest.approx(float(np.mean(aps)), abs=1e-6)
+
+
+def test_batch_map_is_one_for_separated_identities_and_nan_without_pairs():
+    pids = torch.tensor([0, 0, 1, 1, 2, 2])
+    f = torch.nn.functional.one_hot(pids, 3).float() + 0.01 * torch.randn(6, 3)
+    assert batch_retrieval_map(f, pids) == pytest.approx(1.0)
+    assert batch_retrieval_map(torch.randn(3, 4), torch.tensor([0, 1, 2])) != batch_retrieval_map(
+        torch.randn(3, 4), torch.tensor([0, 1, 2]))  # nan != nan
+
+
+# ----------------------------------------------------------------------------- pick and ascent
+def test_pick_takes_the_simplest_candidate_within_two_standard_errors_of_the_best():
+    base = [0.50, 0.52, 0.48, 0.51, 0.49, 0.50, 0.53, 0.47]
+    plain = base
+    small_win = [x + 0.002 + 0.01 * (-1) ** i for i, x in enumerate(base)]  # +0.002 ± 0.0038 (se): noise
+    big_win = [x + 0.05 + 0.001 * (-1) ** i for i, x in enumerate(base)]  # far beyond 2 standard errors
+    c, gaps = pick([plain, small_win], simplicity=[0, 1])
+    assert c == 0 and gaps[1] == 0 and 0 < gaps[0] <= 2  # IN's edge is inside the noise: no IN
+    c, gaps = pick([plain, small_win, big_win], simplicity=[0, 1, 2])
+    assert c == 2 and gaps[0] > 2 and gaps[1] > 2
+    c, _ = pick([plain, small_win], simplicity=[0, 1], z=0.0)  # no tolerance: the larger mean
+    assert c == 1
+    # among candidates within the noise, the fewest IN sites, then the larger mean
+    near = [x + 0.002 + 0.01 * (-1) ** i for i, x in enumerate(big_win)]  # best mean, big_win within noise
+    assert pick([small_win, big_win, near], simplicity=[0, 1, 1])[0] == 2  # same IN count: the larger mean
+    assert pick([small_win, big_win, near], simplicity=[0, 1, 2])[0] == 1  # fewer IN sites
+
+
+def test_coordinate_ascent_finds_the_optimum_of_a_separable_score():
+    best = [1, 0, 3, 2]
+
+    def per_batch(path):
+        s = -sum((c - b) ** 2 for c, b in zip(path, best))
+        return [s + 0.001 * k for k in range(4)]  # the same offset for every path: exactly paired
+
+    simplicity = [[0, 1], [0, 1, 1, 2], [0, 1, 1, 2], [0, 1, 1, 2]]
+    path, means, gaps, sweeps = coordinate_ascent(per_batch, simplicity, start=[0, 0, 0, 0])
+    assert path == best and sweeps == 2  # the second sweep changes nothing
+    for i, row in enumerate(means):
+        assert max(range(len(row)), key=row.__getitem__) == best[i] and gaps[i][best[i]] == 0
+
+
+def test_coordinate_ascent_stays_without_in_when_nothing_beats_it():
+    path, means, gaps, sweeps = coordinate_ascent(lambda p: [0.0, 0.1], [[0, 1, 2], [0, 1]], start=[0, 0])
+    assert path == [0, 0] and sweeps == 1 and means == [[0.05] * 3, [0.05] * 2]
+
+
+# ----------------------------------------------------------------------------- recalibration
+def test_scorer_equals_the_standalone_derived_network_with_recalibrated_bn(runs):
+    """A subnet's score = the derived network (its own module, the supernet's weights) with
+    BN re-estimated on the same weight batches and scored on the same alpha batches."""
+    run = load_run(runs[1])
+    sc = SubnetScorer(run, batches=2)
+    assert len(sc.val) == 2 and len(sc.calib) == 2
+    assert {int(d) for b in sc.val for d in b[3]} == {2}  # unseen: the last source's alpha batches only
+    before = {k: v.clone() for k, v in sc.model.state_dict().items()}
+    path = [0, 1, 2, 3, 0, 1]
+    choices = dict(zip([p.name for p in run.space.positions], [NAMES[c] for c in path]))
+    score = sc(path)
+    assert all(torch.equal(v, sc.model.state_dict()[k]) for k, v in before.items())  # supernet untouched
+    assert sc.model.training is False and sc(path) == score and sc.evaluations == 1
+    g = sc.model.genotype()
+    g.plan = run.space.plan_for(choices)
+    net = build_model(g, num_classes=sc.model.net.head.classifier.out_features, arch="osnet_x0_25")
+    net.load_state_dict(sc.model.derived_state_dict(g))
+    with recalibrated_bn(net, net, sc.calib), torch.no_grad():
+        maps = [batch_retrieval_map(net(b[0]), b[1]) for b in sc.val]
+    assert score == pytest.approx(sum(maps) / len(maps), abs=1e-5)
+    assert sc([0] * 6) != score  # another subnet, another score
+
+
+def test_recalibration_restores_the_statistics_and_the_mode(runs):
+    run = load_run(runs[0])
+    sc = SubnetScorer(run, batches=1)
+    bns = [m for m in sc.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.num_batches_tracked.clone(), m.momentum) for m in bns]
+    sc.model.train()
+    fwd = lambda x: sc.model(x, path=[0] * 6)  # noqa: E731  (plain everywhere: every BN runs)
+    with recalibrated_bn(sc.model, fwd, sc.calib + sc.calib) as m:
+        assert m.training is False
+        used = [int(b.num_batches_tracked) for b in bns if int(b.num_batches_tracked) > 0]
+        assert used and set(used) == {2 * len(sc.calib)}
+        assert any(not torch.equal(b.running_mean, s[0]) for b, s in zip(bns, saved))
+    assert sc.model.training is True
+    assert all(torch.equal(b.running_mean, s[0]) and torch.equal(b.num_batches_tracked, s[1]) and b.momentum == s[2]
+               for b, s in zip(bns, saved))
+
+
+# ----------------------------------------------------------------------------- selection
+def test_retrieval_on_a_recorded_run_records_scores_and_is_deterministic(runs, tmp_path):
+    a = load_genotype(run_derive(runs[0], out=tmp_path / "a.yaml", select="retrieval", batches=1))
+    b = load_genotype(run_derive(runs[0], out=tmp_path / "b.yaml", select="retrieval", batches=1))
+    assert a.plan == b.plan and a.positions == b.positions
+    assert a.select == "retrieval" and a.runs == [str(runs[0])] and set(a.agreement.values()) == {1.0}
+    for p, v in a.positions.items():
+        s, gap = v["scores"], v["gap_se"]
+        assert set(s) == set(NAMES) and all(0 <= x <= 1 for x in s.values())
+        # the choice is within 2 standard errors of the best, and no simpler candidate is
+        assert gap[v["choice"]] <= 2, (p, s, gap)
+        simpler = {"plain": [], "in_res": ["plain"], "in_post": ["plain"], "both": ["plain", "in_res", "in_post"]}
+        assert all(gap[c] > 2 for c in simpler[v["choice"]]), (p, s, gap)
+
+
+def test_retrieval_of_several_runs_pools_their_batches(runs, tmp_path, monkeypatch):
+    """Two runs: the per-batch scores of both supernets are pooled; agreement per position is
+    the share of runs whose own scores pick the chosen candidate."""
+    import osnas.derive.retrieval as R
+
+    prefer = {"lodo": [0, 1, 2, 3, 0, 1], "unseen": [0, 1, 2, 3, 3, 3]}
+
+    class Fake:
+        def __init__(self, run, batches, data_root, device):
+            self.want = prefer[run.path.name]
+            self.evaluations = 0
+
+        def per_batch(self, path):
+            # lodo cares twice as much about the last two positions as unseen does
+            w = [1, 1, 1, 1, 2, 2] if self.want[4] == 0 else [1] * 6
+            s = -sum(wi * (p != q) for wi, p, q in zip(w, path, self.want))
+            return [s + 0.01 * k for k in range(6)]
+
+        def __call__(self, path):
+            return sum(self.per_batch(path)) / 6
+
+    monkeypatch.setattr(R, "SubnetScorer", Fake)
+    g = load_genotype(run_derive(runs, out=tmp_path / "m.yaml", select="retrieval"))
+    assert [g.positions[p.name]["choice"] for p in load_run(runs[0]).space.positions] == \
+        ["plain", "in_res", "in_post", "both", "plain", "in_res"]
+    assert list(g.agreement.values()) == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    assert len(g.positions["conv4.0"]["run_scores"]) == 2
+    # at the final point: lodo 0, unseen -2 (two positions off its preference), plus the batch offsets
+    assert g.positions["conv4.0"]["scores"]["plain"] == pytest.approx(-1.0 + 0.025)
+    assert g.positions["conv4.0"]["scores"]["both"] == pytest.approx(-1.5 + 0.025)  # lodo -2, unseen -1
+
+
+def test_bad_batches_is_a_one_line_error(runs, capsys):
+    capsys.readouterr()
+    assert main(["derive", "--run", str(runs[0]), "--select", "retrieval", "--batches", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batches" in err[0]
+
+
+def test_the_default_selection_asks_the_supernet_only_where_it_has_unseen_data(runs, tmp_path):
+    from osnas.config import build_config
+    from osnas.derive import default_select
+
+    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=1)).select == "retrieval"  # unseen
+    assert load_genotype(run_derive(runs[0], out=tmp_path / "l.yaml")).select == "argmax"  # lodo
+    lodo, unseen = build_config().search, build_config(overrides=["search.objective=unseen"]).search
+    uniform = build_config(overrides=["search.weight_step=uniform"]).search
+    assert [default_select([lodo]), default_select([lodo, lodo]), default_select([unseen]),
+            default_select([lodo, uniform])] == ["argmax", "consensus", "retrieval", "retrieval"]
