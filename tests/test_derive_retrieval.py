@@ -188,13 +188,17 @@ def test_bad_batches_is_a_one_line_error(runs, capsys):
     assert main(["derive", "--run", str(runs[0]), "--select", "retrieval", "--batches", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batches" in err[0]
+    # the unseen run has one alpha stream: one batch would leave the noise unknown
+    assert main(["derive", "--run", str(runs[1]), "--batches", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 2 validation batches" in err[0] and "Traceback" not in err[0]
 
 
 def test_the_default_selection_asks_the_supernet_only_where_it_has_unseen_data(runs, tmp_path):
     from osnas.config import build_config
     from osnas.derive import default_select
 
-    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=1)).select == "retrieval"  # unseen
+    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=2)).select == "retrieval"  # unseen
     assert load_genotype(run_derive(runs[0], out=tmp_path / "l.yaml")).select == "argmax"  # lodo
     lodo, unseen = build_config().search, build_config(overrides=["search.objective=unseen"]).search
     uniform = build_config(overrides=["search.weight_step=uniform"]).search

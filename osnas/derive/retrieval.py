@@ -114,9 +114,9 @@ class SubnetScorer:
         steps = batches * len(data.domains) if data.objective == "lodo" else batches
         plan = data.plan_steps(0, steps)  # [weight, alpha] per step
         self.val = [b for b in self._load(data, plan[1::2]) if len(set(b[1].tolist())) < len(b[1])]
-        if not self.val:
-            raise OsnasError(f"{run.path}: retrieval needs validation batches with two images of one identity; "
-                             f"none of the {steps} has (raise data.num_instances)")
+        if len(self.val) < 2:  # one batch gives no standard error: no difference could be told from noise
+            raise OsnasError(f"{run.path}: retrieval needs at least 2 validation batches with two images of one "
+                             f"identity to estimate its noise; {len(self.val)} of the {steps} have (raise --batches)")
         self.calib = self._load(data, plan[0::2])
         self.cache: Dict[Tuple[int, ...], List[float]] = {}
 
