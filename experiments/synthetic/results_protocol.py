@@ -155,7 +155,7 @@ def lean_section(s: dict) -> list:
              + ", ... Far below uniform in every search means the alpha objectives lean towards IN there.", "",
              "| search | " + " | ".join(positions) + " |", "|---|" + "---:|" * len(positions)]
     for v, rows in fp.items():
-        if v == "uniform":  # never steps its alphas
+        if all(len(set(pr.values())) == 1 for r in rows for pr in r.values()):  # alphas never moved (uniform)
             continue
         cells = []
         for p in positions:
@@ -218,7 +218,7 @@ def _search_step_ratios() -> dict:
 
 
 def _minutes(s: dict, method: str) -> str:
-    from run_protocol import METHOD_SEARCH  # the search variant each method reads its genotype from
+    from run_protocol import METHOD_SEARCH, SELECT  # the search variant each method reads its genotype from
 
     mins = [v for v in s.get("search_minutes", {}).get(METHOD_SEARCH.get(method, ""), []) if v == v]
     if not mins:
@@ -226,7 +226,7 @@ def _minutes(s: dict, method: str) -> str:
     per = f"{statistics.mean(mins):.1f} per seed"
     derive = [r.get("derive_seconds") for r in s["methods"].get(method, {}).get("per_seed", [])]
     derive = [v for v in derive if v is not None]
-    if method in ("perturb", "retrieval", "uniform"):  # selections that score the supernet: derive takes time too
+    if SELECT.get(method) in ("perturb", "retrieval"):  # selections that score the supernet: derive takes time too
         per += f" + {statistics.mean(derive) / 60:.1f} derive" if derive else " + derive"
     return per + (f", x{len(mins)} seeds" if method == "consensus" else "")
 

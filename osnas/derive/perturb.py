@@ -108,27 +108,19 @@ class PerturbScorer:
     """The validation loss of a run's supernet at given mixing weights: `scorer(weights)`.
 
     Built from the run's checkpoint (weights and alphas) and its config.yaml (data, model,
-    alpha loss). The validation set is the run's own alpha-step data: the alpha batches of the
-    first steps of its batch plan (SearchBatches.plan_steps from step 0, the same seed), N per
-    source the alpha step draws from: lodo N x (number of sources) steps, i.e. N batches of
-    each source's alpha stream; heldout N steps, each a PK sub-batch of every source's
-    held-out images; unseen N batches of the unseen source. Images go through the evaluation
-    transform (no augmentation). The loss is the mean over these batches of the run's
+    alpha loss). The validation set is the run's own alpha-step data (`load_supernet`): N
+    batches of each source's alpha stream for lodo; for heldout N PK sub-batches of every
+    source's held-out images; for unseen N batches of the unseen source. The loss is the mean over these batches of the run's
     alpha loss (make_loss_fn(search.alpha_loss), without the entropy term: that depends on the
     alphas only, not on the mixture being scored), in scoring_mode, without gradients.
     """
 
     def __init__(self, run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto"):
         from osnas.search.bilevel import make_loss_fn
-        from osnas.training import batch_loader
 
-        if batches < 1:
-            raise OsnasError(f"--batches must be >= 1, got {batches}")
-        self.model, data, self.device = load_supernet(run, data_root, device)
+        sc = load_supernet(run, batches, data_root, device)
+        self.model, self.batches, self.device, data = sc.model, sc.val, sc.device, sc.data
         s = run_config(run).search
-        steps = batches * len(data.domains) if s.objective == "lodo" else batches
-        keys = data.plan_steps(0, steps)[1::2]  # [weight, alpha] per step: the alpha batches
-        self.batches = [[t.to(self.device) for t in b] for b in batch_loader(data.dataset, keys, 0)]
         self.loss_fn = make_loss_fn(s.alpha_loss, s.label_smooth, s.margin)
         self.domains, self.objective, self.alpha_loss = data.domains, s.objective, s.alpha_loss
         self.calls = 0

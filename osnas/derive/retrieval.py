@@ -108,22 +108,14 @@ class SubnetScorer:
     subnet alike, so per-batch scores stay paired)."""
 
     def __init__(self, run, batches: int = 4, data_root: str | None = None, device: str = "auto"):
-        if batches < 1:
-            raise OsnasError(f"--batches must be >= 1, got {batches}")
-        self.model, data, self.device = load_supernet(run, data_root, device)
-        steps = batches * len(data.domains) if data.objective == "lodo" else batches
-        plan = data.plan_steps(0, steps)  # [weight, alpha] per step
-        self.val = [b for b in self._load(data, plan[1::2]) if len(set(b[1].tolist())) < len(b[1])]
+        sc = load_supernet(run, batches, data_root, device, weight_batches=True)
+        self.model, self.calib, self.device = sc.model, sc.calib, sc.device
+        self.val = [b for b in sc.val if len(set(b[1].tolist())) < len(b[1])]
         if len(self.val) < 2:  # one batch gives no standard error: no difference could be told from noise
             raise OsnasError(f"{run.path}: retrieval needs at least 2 validation batches with two images of one "
-                             f"identity to estimate its noise; {len(self.val)} of the {steps} have (raise --batches)")
-        self.calib = self._load(data, plan[0::2])
+                             f"identity to estimate its noise; {len(self.val)} of the {len(sc.val)} have "
+                             "(raise --batches)")
         self.cache: Dict[Tuple[int, ...], List[float]] = {}
-
-    def _load(self, data, keys) -> list:
-        from osnas.training import batch_loader
-
-        return [[t.to(self.device) for t in b] for b in batch_loader(data.dataset, keys, 0)]
 
     @property
     def evaluations(self) -> int:
@@ -171,7 +163,7 @@ def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = 
 def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity: Sequence[Sequence[int]],
                       start: Sequence[int], z: float = Z, sweeps: int = SWEEPS):
     """Improve the path one position at a time by `pick`. simplicity[i][c]: IN sites of
-    candidate c at position i. Returns (path, rows, gaps, sweeps run), rows[i][c] = the mean
+    candidate c at position i. Returns (path, means, gaps, sweeps run), means[i][c] = the mean
     score with position i set to c and the others at the returned path (from the last sweep,
     so they describe the final point), gaps[i][c] its distance to the best in standard errors."""
     path = [int(c) for c in start]

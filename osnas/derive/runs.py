@@ -135,12 +135,29 @@ def run_config(run: SearchRun, needed_for: str = ""):
     return build_config()
 
 
-def load_supernet(run: SearchRun, data_root: str | None = None, device: str = "auto"):
-    """(supernet in eval mode on the device, the run's SearchBatches through the evaluation
-    transform, device): a run's checkpoint rebuilt from its config.yaml, for scoring."""
+@dataclass
+class Scoring:
+    """A run's supernet rebuilt for scoring, with the run's own first batches on its device."""
+
+    model: torch.nn.Module  # the supernet in eval mode
+    data: object  # the run's SearchBatches, through the evaluation transform
+    val: list  # the alpha batches: N per source the alpha step draws from
+    calib: Optional[list]  # the weight batches of the same steps (when asked for)
+    device: torch.device
+
+
+def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto",
+                  weight_batches: bool = False) -> Scoring:
+    """A run's checkpoint rebuilt from its config.yaml, with the first steps of its batch plan
+    (SearchBatches.plan_steps from step 0, the run's seed): `batches` per source the alpha step
+    draws from, i.e. lodo N x (number of sources) steps, heldout and unseen N steps. Images go
+    through the evaluation transform (no augmentation)."""
     from osnas.search.bilevel import search_batches, search_supernet
+    from osnas.training import batch_loader
     from osnas.utils import resolve_device
 
+    if batches < 1:
+        raise OsnasError(f"--batches must be >= 1, got {batches}")
     cfg = run_config(run, "scoring the supernet needs the run's data settings")
     d, s = cfg.data, cfg.search
     if data_root:
@@ -155,4 +172,10 @@ def load_supernet(run: SearchRun, data_root: str | None = None, device: str = "a
         model.load_state_dict(ck["model"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise OsnasError(f"{run.ck_path}: supernet weights do not fit the run's {CONFIG} ({first_line(e)})") from None
-    return model.to(dev).eval(), data, dev
+    steps = batches * len(data.domains) if data.objective == "lodo" else batches
+    plan = data.plan_steps(0, steps)  # [weight, alpha] per step
+
+    def load(keys):
+        return [[t.to(dev) for t in b] for b in batch_loader(data.dataset, keys, 0)]
+
+    return Scoring(model.to(dev).eval(), data, load(plan[1::2]), load(plan[0::2]) if weight_batches else None, dev)

@@ -102,8 +102,15 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             return dist.model_groups(model, model.arch_parameters())
 
         total_steps = s.epochs * s.steps_per_epoch
-        sampled = s.weight_step in PATH_STEPS
+        one_path = s.weight_step in PATH_STEPS
         uniform = s.weight_step == "uniform"  # paths drawn uniformly, and no alpha step at all
+
+        def alphas_step(ep: int, step: int) -> bool:  # does this step update the alphas?
+            return not uniform and ep >= s.warmup_epochs and step % s.alpha_every == 0
+
+        def needs_alpha_batch(ep: int, step: int) -> bool:  # only the bilevel alpha step reads one
+            return alphas_step(ep, step) and s.order != "single"
+
         run.start_progress(total_steps, global_step)
         while epoch < s.epochs:
             model.tau = relax.gumbel_tau(epoch, s.tau_init, s.tau_decay_every, s.tau_factor, s.tau_min) \
@@ -111,21 +118,28 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             entropy_w[0] = s.entropy_weight * min(1.0, max(0.0, (epoch - s.warmup_epochs + 1) /
                                                            max(1, s.epochs - s.warmup_epochs)))
             n = s.steps_per_epoch - step_in_epoch
-            batches = iter(batch_loader(data.dataset, data.plan_steps(global_step, n), d.workers))
+            plan = data.plan_steps(global_step, n)  # [weight, alpha] per step; the streams move alike either way
+            # an alpha batch is read only for steps that take a bilevel alpha step (not while the
+            # alphas are frozen, between alpha_every steps, or ever with weight_step=uniform)
+            keys = [k for j, k in enumerate(plan) if j % 2 == 0 or needs_alpha_batch(epoch, global_step + j // 2)]
+            batches = iter(batch_loader(data.dataset, keys, d.workers))
             for _ in range(n):
                 wb = [t.to(run.device, non_blocking=True) for t in next(batches)]  # weight batch (x, pid, cam, dom)
-                ab = [t.to(run.device, non_blocking=True) for t in next(batches)]  # alpha batch
                 set_lr(w_opt, base_lr, lr_factor(epoch + step_in_epoch / s.steps_per_epoch, s.epochs, s.schedule))
                 model.train()
-                alphas_on = not uniform and epoch >= s.warmup_epochs and global_step % s.alpha_every == 0
+                alphas_on = alphas_step(epoch, global_step)
                 # 1. alpha step, judged on the alpha batch (weights and BN statistics left as they were)
-                loss_a = architect.step(wb, ab) if alphas_on and s.order != "single" else None
+                if needs_alpha_batch(epoch, global_step):
+                    ab = [t.to(run.device, non_blocking=True) for t in next(batches)]  # alpha batch
+                    loss_a = architect.step(wb, ab)
+                else:
+                    loss_a = None
                 # 2. weight step on the training batch
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
-                # sampled: one candidate per position, drawn from the alphas (the same on every DDP
-                # rank and after a resume: the generator is seeded by the run's seed and the step)
-                path = model.sample_path(step_generator(run.seed, global_step), uniform) if sampled else None
+                # sampled / uniform: one candidate per position, drawn from the alphas or uniformly (the
+                # same on every DDP rank and after a resume: the generator is seeded by the seed and step)
+                path = model.sample_path(step_generator(run.seed, global_step), uniform) if one_path else None
                 loss = loss_w_fn(wrapped, wb, path)
                 loss_w = run.check(loss, f"search step {global_step}")
                 single = alphas_on and s.order == "single"  # single-level: alphas follow the training loss
