@@ -42,15 +42,18 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     _stage(1, n, f"built-in synthetic domains under {root / 'synth'}")
     ensure_synth(root, cfg.data.sources + cfg.data.targets)
 
-    _stage(2, n, f"search: {cfg.search.space}, bilevel ({cfg.search.order}-order, {cfg.search.objective}) on "
-                 f"{','.join(cfg.data.sources)}")
+    s = cfg.search
+    how = ("one path drawn uniformly per step, no alpha step" if s.weight_step == "uniform"
+           else f"bilevel, {s.order}-order, alphas judged {s.objective}")
+    kept = f", {s.unseen_domain or cfg.data.sources[-1]} kept out of the weight steps" if s.objective == "unseen" else ""
+    _stage(2, n, f"search: {s.space} supernet ({how}{kept}) on {','.join(cfg.data.sources)}")
     search_dir = out / "search"
     resume = (search_dir / "checkpoint.pth").is_file() and not (search_dir / "final_alphas.json").is_file()
     if not (search_dir / "final_alphas.json").is_file():
         run_search(data_root=str(root), config_file=str(cfg_file), out=str(search_dir), resume=resume)
 
-    _stage(3, n, "derive: argmax genotype file")
-    gpath = run_derive(search_dir)
+    _stage(3, n, "derive: the genotype file (the selection the run's settings call for: osnas derive --help)")
+    gpath = run_derive(search_dir, batches=2 if quick else None)
 
     runs = {}
     names = ("searched", "osnet", "osnet_ain")  # the searched network and the references it must beat
@@ -77,7 +80,7 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     g = load_genotype(gpath)
     print(f"\nosnas demo finished in {(time.time() - t0) / 60:.1f} min\n")
     print((ev / "results.md").read_text())
-    print(f"searched genotype: {gpath}  (IN at: {', '.join(g.in_sites()) or 'nowhere'})")
+    print(f"searched genotype: {gpath}  (select {g.select}; IN at: {', '.join(g.in_sites()) or 'nowhere'})")
     print(compare_line(metrics))
     print(f"plots: {out / 'plots'}")
     for p in plots:

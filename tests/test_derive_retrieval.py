@@ -204,3 +204,27 @@ def test_the_default_selection_asks_the_supernet_only_where_it_has_unseen_data(r
     uniform = build_config(overrides=["search.weight_step=uniform"]).search
     assert [default_select([lodo]), default_select([lodo, lodo]), default_select([unseen]),
             default_select([lodo, uniform])] == ["argmax", "consensus", "retrieval", "retrieval"]
+
+
+def test_the_summary_says_why_each_candidate_was_kept():
+    """derive's table for retrieval: the chosen candidate's mAP and why (every other candidate's
+    distance below it, or the better candidate it was preferred to as noise), not the
+    probabilities of alphas a uniform search never moved."""
+    import io
+
+    from osnas.derive import print_summary
+    from osnas.models.genotype import Genotype
+
+    pos = {"stem": {"choice": "in", "probs": {"bn": 0.5, "in": 0.5}, "entropy": 0.69,
+                    "scores": {"bn": 0.30, "in": 0.40}, "gap_se": {"bn": 5.4, "in": 0.0}},
+           "conv2.0": {"choice": "plain", "probs": dict.fromkeys(NAMES, 0.25), "entropy": 1.39,
+                       "scores": {"plain": 0.40, "in_res": 0.41, "in_post": 0.39, "both": 0.38},
+                       "gap_se": {"plain": 1.2, "in_res": 0.0, "in_post": 2.5, "both": float("inf")}}}
+    g = Genotype(plan={"stem": "in"}, name="g", positions=pos, select="retrieval")
+    buf = io.StringIO()
+    print_summary(g, file=buf)
+    lines = buf.getvalue().splitlines()
+    assert "mAP %" in lines[1] and "prob" not in lines[1]
+    assert lines[2].split()[:3] == ["stem", "in", "40.00"] and lines[2].endswith("best; the others below it in SE: bn -5.4")
+    assert lines[3].split()[:3] == ["conv2.0", "plain", "40.00"]
+    assert "in_res +1.00 but within 1.2 SE: noise" in lines[3]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from osnas.errors import OsnasError
 from osnas.models.space import SPACES_DIR, load_space
@@ -212,6 +213,65 @@ def test_torn_last_line_tolerated_and_final_from_history(tmp_path):
     r = load_run(run)
     assert len(r.history.steps) == 20 and r.final_source.startswith("alphas.jsonl")
     assert r.choices["conv3.0"] == "plain"
+
+
+def _uniform_run_with_retrieval(root: Path, name="u"):
+    """A run whose alphas never moved (weight_step=uniform) and its derive --select retrieval genotype."""
+    run = make_search_run(root, name, strength=0.0, final=False)
+    rows = [json.loads(x) for x in (run / "alphas.jsonl").read_text().splitlines()]
+    for r in rows:  # exactly uniform, as a uniform search records them
+        r["probs"] = {k: {c: 0.25 for c in v} for k, v in r["probs"].items()}
+    (run / "alphas.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = ["plain", "in_res", "in_post", "both"]
+    pos = {}
+    for i, k in enumerate(rows[0]["probs"]):
+        choice = "in_post" if k == "conv3.0" else "plain"
+        pos[k] = {"choice": choice, "probs": {c: 0.25 for c in names}, "entropy": 1.386,
+                  "scores": {c: 0.40 + (0.02 if c == choice else 0.01 * j) for j, c in enumerate(names)},
+                  "gap_se": {c: (0.0 if c == choice else float("inf") if c == "both" else 1.5 + j)
+                             for j, c in enumerate(names)}}
+    (run / "genotype.yaml").write_text(yaml.safe_dump({"select": "retrieval", "positions": pos}))
+    return run
+
+
+def test_a_run_whose_alphas_never_moved_plots_its_retrieval_scores_not_flat_alphas(tmp_path, captured, capsys):
+    """A uniform search's alphas stay at 1/n: their heat-map outlines no argmax and says so, no
+    trajectories or entropy (they would show nothing); the derived genotype's retrieval scores
+    instead, chosen cells outlined. Not yet derived: a note."""
+    from osnas.plot import run_plot
+    from osnas.plot.readers import load_run
+
+    run = _uniform_run_with_retrieval(tmp_path)
+    r = load_run(run)
+    assert not r.alphas_moved and r.retrieval.choices["conv3.0"] == "in_post"
+    assert r.retrieval.gap_se["conv2.0"]["both"] == float("inf")
+    paths = run_plot([str(run)], out=str(tmp_path / "p"), fmt="png", metrics=[])
+    assert [Path(p).name for p in paths] == ["alpha_heatmap.png", "retrieval_scores.png"]
+    assert chosen(captured["alpha_heatmap"]) == []  # flat alphas: no argmax passed off as a choice
+    assert "never moved" in captured["alpha_heatmap"].axes[0].get_title()
+    fig = captured["retrieval_scores"]
+    boxes = {p.get_gid() for ax in fig.axes for p in ax.patches if (p.get_gid() or "").startswith("retrieval:")}
+    assert boxes == {f"retrieval:{k}" for k in r.retrieval.choices}
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "42.0\nbest" in texts and "-inf SE" not in " ".join(texts)
+    assert load_run(make_search_run(tmp_path, "moved")).alphas_moved
+
+    (run / "genotype.yaml").unlink()
+    capsys.readouterr()
+    paths = run_plot([str(run)], out=str(tmp_path / "p2"), fmt="png", metrics=[])
+    assert [Path(p).name for p in paths] == ["alpha_heatmap.png"]
+    assert "alphas never moved" in capsys.readouterr().err
+
+
+def test_a_broken_retrieval_genotype_is_a_one_line_error(tmp_path):
+    run = _uniform_run_with_retrieval(tmp_path)
+    g = yaml.safe_load((run / "genotype.yaml").read_text())
+    del g["positions"]["conv4.1"]["gap_se"]
+    (run / "genotype.yaml").write_text(yaml.safe_dump(g))
+    from osnas.plot.readers import load_run
+
+    with pytest.raises(OsnasError, match="conv4.1: expected choice, scores and gap_se"):
+        load_run(run)
 
 
 # ----------------------------------------------------------------------------- several runs

@@ -339,7 +339,10 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
              (f"Wall time {seconds / 60:.0f} min." if seconds > 0 else
               "Regenerated from the protocol's results.json files (results_protocol.py); the run's wall time is "
               "in its log.") + (" **Quick form: sizes too small to conclude anything.**" if quick else ""),
-             "Held-out mAP is the mean over the held-out target domains; values in %.", ""]
+             "Held-out mAP is the mean over the held-out target domains; values in %.", "",
+             "A third family, the demo's synth domains (IN helps most there), runs four of these search recipes "
+             "against OSNet-AIN in [RESULTS_synth_recipes.md](RESULTS_synth_recipes.md) (`run_testbed.py "
+             "--recipe`): the default of this protocol is not the best recipe there.", ""]
     for name, s in summaries.items():
         c = s["config"]
         lines += [f"## Configuration `{name}`: {', '.join(c['sources'])} → {', '.join(c['targets'])}", "",

@@ -671,4 +671,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from osnas.errors import OsnasError
+
+    try:
+        main()
+    except OsnasError as e:  # bad input: one line, exit 2, as the osnas commands do
+        print(f"run_protocol: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -10,6 +10,13 @@
 Every number in RESULTS_synth_testbed.md comes from the run folders this script leaves under --out.
 
     python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3
+
+Other search recipes on the same domains: `--recipe NAME --search-set KEY=VALUE ...` (and
+`--select METHOD` for derive). Their searches, searched retrains and evaluations go to
+seedN/search-NAME, retrain-searched-NAME, eval-NAME; the reference retrains are shared.
+
+    python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3,4,5 --recipe uniform \
+        --config osnas/configs/demo.yaml --results uniform.md       # the demo's search recipe
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from osnas.utils import load_yaml
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("osnet", "osnet_ibn", "osnet_ain", "searched")
@@ -68,7 +77,15 @@ def main():
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--config", default=str(HERE / "testbed.yaml"))
     ap.add_argument("--results", default=str(HERE / "RESULTS_synth_testbed.md"))
+    ap.add_argument("--recipe", default="lodo", help="name of the search recipe (folder suffix unless lodo)")
+    ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="overrides for the search only (the retrains keep the config's settings)")
+    ap.add_argument("--select", default=None, help="derive --select (default: what the run's settings call for)")
+    ap.add_argument("--compare", action="store_true",
+                    help="run nothing: table every recipe found under --out against the reference retrains")
     a = ap.parse_args()
+    if a.compare:
+        return compare_recipes(Path(a.out), a.results)
     from osnas.config import build_config
     from osnas.data import data_root
     from osnas.data.synth import ensure_synth
@@ -87,19 +104,24 @@ def main():
     gap = domain_gap(a.config, root, out, seeds[0])
 
     per_seed, genotypes = {}, {}
+    tag = "" if a.recipe == "lodo" else f"-{a.recipe}"
     for seed in seeds:
         sdir = out / f"seed{seed}"
-        if not (sdir / "search" / "final_alphas.json").is_file():
-            resume = (sdir / "search" / "checkpoint.pth").is_file()
-            run_search(data_root=str(root), config_file=a.config, out=str(sdir / "search"), resume=resume,
-                       overrides=[] if resume else [f"run.seed={seed}"])
-        gpath = run_derive(sdir / "search")
+        search = sdir / f"search{tag}"
+        if not (search / "final_alphas.json").is_file():
+            resume = (search / "checkpoint.pth").is_file()
+            run_search(data_root=str(root), config_file=a.config, out=str(search), resume=resume,
+                       overrides=[] if resume else [f"run.seed={seed}", *a.search_set])
+        gpath = search / "genotype.yaml"
+        if not gpath.is_file():
+            run_derive(search, select=a.select)
         genotypes[seed] = load_genotype(gpath)
         ckpts = []
         for name in MODELS:
             gen = str(gpath) if name == "searched" else name
-            ckpts.append(_retrain(gen, name, a.config, root, sdir / f"retrain-{name}", sources, seed) / "checkpoint.pth")
-        per_seed[seed] = _eval(ckpts, targets, root, sdir / "eval", cfg)
+            rdir = sdir / f"retrain-{name}{tag if name == 'searched' else ''}"
+            ckpts.append(_retrain(gen, name, a.config, root, rdir, sources, seed) / "checkpoint.pth")
+        per_seed[seed] = _eval(ckpts, targets, root, sdir / f"eval{tag}", cfg)
         print(f"seed {seed} done after {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     write_results(a, cfg, gap, per_seed, genotypes, time.time() - t0)
 
@@ -116,7 +138,9 @@ def write_results(a, cfg, gap, per_seed, genotypes, seconds):
              "Produced by one command (CPU, 2 cores):", "",
              "    " + " ".join(["python", "experiments/synthetic/run_testbed.py", *sys.argv[1:]]), "",
              f"with `{Path(a.config).name}` ({cfg.model.arch}, {cfg.data.height}x{cfg.data.width}, search "
-             f"{cfg.search.epochs}x{cfg.search.steps_per_epoch} steps {cfg.search.order}-order {cfg.search.objective}, "
+             f"{cfg.search.epochs}x{cfg.search.steps_per_epoch} steps {cfg.search.order}-order {cfg.search.objective}"
+             + (f", recipe {a.recipe}: {' '.join(a.search_set)}" if a.search_set else "")
+             + (f", derive --select {a.select}" if a.select else "") + ", "
              f"retrain {cfg.train.epochs}x{cfg.train.steps_per_epoch} steps of {cfg.data.batch_size} images). "
              f"Wall time {seconds / 60:.0f} min. Sources {', '.join(cfg.data.sources)}; held-out target "
              f"{', '.join(targets)}. Values are percentages.", "",
@@ -164,5 +188,56 @@ def write_results(a, cfg, gap, per_seed, genotypes, seconds):
     print("\n".join(lines))
 
 
+def compare_recipes(out: Path, results: str) -> None:
+    """Every recipe under `out` (seedN/eval[-NAME]/metrics.json) on the seeds it ran: held-out mAP
+    of its searched genotype, paired against OSNet-AIN and OSNet retrained with the same seed,
+    and the IN sites each seed chose."""
+    seeds = sorted(int(d.name[4:]) for d in out.glob("seed*") if d.name[4:].isdigit())
+    evals = sorted({e.name for s in seeds for e in (out / f"seed{s}").glob("eval*") if (e / "metrics.json").is_file()})
+    if not evals:
+        raise SystemExit(f"{out}: no seedN/eval*/metrics.json to compare")
+    table = ["| recipe | seeds | searched | minus OSNet-AIN | minus OSNet | OSNet-AIN | OSNet | IN sites per seed |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    per_seed = ["| recipe | seed | searched | OSNet-AIN | OSNet | IN at |", "|---|---:|---:|---:|---:|---|"]
+    recipes = ["| recipe | space | weight step | alphas judged on | search steps | optimiser, lr | derive |",
+               "|---|---|---|---|---:|---|---|"]
+    for e in evals:
+        name, m, sites = e[5:] or "lodo", [], []
+        first = next(out / f"seed{s}" / e.replace("eval", "search") for s in seeds
+                     if (out / f"seed{s}" / e / "metrics.json").is_file())
+        c = load_yaml(first / "config.yaml")["search"]  # the recipe, as its first seed's search ran it
+        recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
+                       f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | "
+                       f"{load_yaml(first / 'genotype.yaml').get('select', '?')} |")
+        for s in seeds:
+            f = out / f"seed{s}" / e / "metrics.json"
+            if not f.is_file():
+                continue
+            models = json.loads(f.read_text())["models"]
+            m.append({k.split("-")[0]: statistics.mean(t["mAP"] for t in v["targets"].values())
+                      for k, v in models.items()})
+            plan = load_yaml(out / f"seed{s}" / e.replace("eval", "search") / "genotype.yaml").get("plan") or {}
+            sites.append([k for k, v in plan.items() if v == "in"])
+            per_seed.append(f"| {name} | {s} | {100 * m[-1]['searched']:.1f} | {100 * m[-1]['osnet_ain']:.1f} | "
+                            f"{100 * m[-1]['osnet']:.1f} | {', '.join(sites[-1]) or 'nowhere'} |")
+        diff = lambda ref: [x["searched"] - x[ref] for x in m]  # noqa: E731
+        table.append(f"| {name} | {len(m)} | {_ms([x['searched'] for x in m])} | {_ms(diff('osnet_ain'))} | "
+                     f"{_ms(diff('osnet'))} | {_ms([x['osnet_ain'] for x in m])} | {_ms([x['osnet'] for x in m])} | "
+                     f"{', '.join(str(len(x)) for x in sites)} |")
+    lines = ["# Search recipes on the synth test-bed", "", "Produced by:", "",
+             "    " + " ".join(["python", "experiments/synthetic/run_testbed.py", *sys.argv[1:]]), "",
+             "Held-out mAP (%) on the target, mean ± std over the seeds each recipe ran; the differences are "
+             "paired: the searched genotype minus OSNet-AIN (and OSNet) retrained with the same seed.", "",
+             *table, "", "The recipes (from each search's config.yaml):", "", *recipes, "", "Per seed:", "", *per_seed]
+    Path(results).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 if __name__ == "__main__":
-    main()
+    from osnas.errors import OsnasError
+
+    try:
+        main()
+    except OsnasError as e:  # bad input: one line, exit 2, as the osnas commands do
+        print(f"run_testbed: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -50,7 +50,7 @@ from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
 from osnas.rundir import GENOTYPE
 
-__all__ = ["SELECTORS", "derive", "run_derive", "derive_from_run", "apply_budget", "print_summary",
+__all__ = ["SELECTORS", "DEFAULT_BATCHES", "derive", "run_derive", "derive_from_run", "apply_budget", "print_summary",
            # the pieces, for scripts and tests: reading runs, and the selection methods
            "SearchRun", "load_run", "load_supernet", "run_config", "PERTURB_ORDERS", "PerturbResult", "PerturbScorer",
            "onehot", "perturb_run", "perturb_select", "remove_candidate", "scoring_mode", "select_argmax",
@@ -62,6 +62,9 @@ SELECTORS: Dict[str, Callable[..., Genotype]] = {
     "consensus": select_consensus,
     "retrieval": select_retrieval,
 }
+# validation batches per source when --batches is not given: retrieval's 2-standard-error gate
+# needs enough batches to resolve a difference (the test-bed protocol measured it with 16)
+DEFAULT_BATCHES = {"perturb": 4, "retrieval": 16}
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -84,11 +87,12 @@ def default_select(searched: Sequence) -> str:
     return "argmax" if len(searched) == 1 else "consensus"
 
 
-def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, order: str = "fixed",
+def derive(run, select: str | None = None, checkpoint=None, batches: int | None = None, order: str = "fixed",
            data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
            cost_budget: float | None = None, measure: bool = True) -> Genotype:
     """The genotype of one run or several (`run`: a folder or a list of folders) by `select`
-    (a key of SELECTORS; None = `default_select`).
+    (a key of SELECTORS; None = `default_select`); `batches` per source for perturb and retrieval
+    (None = DEFAULT_BATCHES).
 
     With a cost table (`cost_table`, else the first run's search.cost_table) the genotype
     records its deployment cost, and a budget (`cost_budget`, else the run's
@@ -111,6 +115,7 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int = 4, or
     if uniform and select in ("argmax", "consensus"):
         raise OsnasError(f"{uniform[0].path} searched with search.weight_step=uniform: its alphas never moved, so "
                          f"{select} has nothing to read; derive it with --select retrieval")
+    batches = DEFAULT_BATCHES.get(select, 4) if batches is None else batches
     g = SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)
     return apply_budget(g, runs, cost_table, cost_budget, measure)
 
@@ -161,7 +166,8 @@ def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Ge
     return derive(run, "argmax", checkpoint)
 
 
-def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int = 4, order: str = "fixed",
+def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int | None = None,
+               order: str = "fixed",
                data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
                cost_budget: float | None = None, measure: bool = True) -> Path:
     """Derive and write the genotype file; a summary table on stderr, its path on stdout.
@@ -180,23 +186,31 @@ def run_derive(run, out=None, checkpoint=None, select: str | None = None, batche
 
 
 def print_summary(g: Genotype, file=sys.stderr) -> None:
-    """Position, choice, its probability (and perturb score), agreement; then the IN sites."""
+    """Position, choice, its probability (and perturb score), agreement; then the IN sites.
+    Retrieval: the chosen candidate's held-out mAP and why it was chosen (the runner-up's
+    distance, or the better but not significantly better candidate it was preferred to)."""
     runs = ", ".join(g.runs)
     print(f"genotype of {runs} (select {g.select}; {g.space}" + (f", step {g.step}" if g.step is not None else "")
           + f", sources {','.join(g.sources)}):", file=file)
-    perturb = any("scores" in v for v in g.positions.values())
-    score_head = "mAP" if g.select == "retrieval" else "drop"  # retrieval: held-out mAP; perturb: loss rise
     width = max([len(k) for k in g.positions] + [len("position")])
     cw = max([len(v["choice"]) for v in g.positions.values()] + [len("choice")])
-    print(f"  {'position':<{width}}  {'choice':<{cw}}  {'prob':>6}" + (f"  {score_head:>10}" if perturb else "")
-          + f"  {'agree':>5}  {'H':>5}", file=file)
-    for k, v in g.positions.items():
-        c = v["choice"]
-        line = f"  {k:<{width}}  {c:<{cw}}  {v['probs'][c]:>6.3f}"
-        if perturb:
-            line += f"  {v['scores'][c]:>+10.5f}"
-        line += f"  {g.agreement.get(k, 1.0):>5.2f}  {v['entropy']:>5.3f}"
-        print(line, file=file)
+    if g.select == "retrieval":
+        print(f"  {'position':<{width}}  {'choice':<{cw}}  {'mAP %':>6}  {'agree':>5}  why", file=file)
+        for k, v in g.positions.items():
+            c = v["choice"]
+            print(f"  {k:<{width}}  {c:<{cw}}  {100 * v['scores'][c]:>6.2f}  {g.agreement.get(k, 1.0):>5.2f}  "
+                  + _retrieval_why(c, v["scores"], v["gap_se"]), file=file)
+    else:
+        perturb = any("scores" in v for v in g.positions.values())
+        print(f"  {'position':<{width}}  {'choice':<{cw}}  {'prob':>6}" + (f"  {'drop':>10}" if perturb else "")
+              + f"  {'agree':>5}  {'H':>5}", file=file)
+        for k, v in g.positions.items():
+            c = v["choice"]
+            line = f"  {k:<{width}}  {c:<{cw}}  {v['probs'][c]:>6.3f}"
+            if perturb:
+                line += f"  {v['scores'][c]:>+10.5f}"
+            line += f"  {g.agreement.get(k, 1.0):>5.2f}  {v['entropy']:>5.3f}"
+            print(line, file=file)
     print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=file)
     c = g.cost
     if c:
@@ -209,3 +223,12 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
         print(line, file=file)
         for sw in c.get("switches", []):
             print(f"  over budget: {sw['position']} {sw['from']} -> {sw['to']} (saves {sw['saved']:.4f})", file=file)
+
+
+def _retrieval_why(choice: str, scores: Dict[str, float], gaps: Dict[str, float]) -> str:
+    best = max(scores, key=lambda c: scores[c])
+    if best != choice and scores[best] > scores[choice]:
+        return (f"{best} {100 * (scores[best] - scores[choice]):+.2f} but within {gaps[choice]:.1f} SE: "
+                "noise, the fewer IN sites kept")
+    rest = ", ".join(f"{c} -{gaps[c]:.1f}" for c in scores if c != choice)
+    return f"best; the others below it in SE: {rest}" if rest else "the only candidate"

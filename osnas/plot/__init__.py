@@ -1,8 +1,10 @@
 """`osnas plot`: figures of search and retrain runs, drawn from the files in their folders.
 
 What is drawn depends on what each folder holds:
-  search run   alpha_heatmap, alpha_trajectories, entropy
-               (+ seeds_agreement and seeds_trajectories when several search runs share a space)
+  search run   alpha_heatmap (argmax outlined where the alphas moved), alpha_trajectories and
+               entropy (runs whose alphas moved); retrieval_scores (a genotype.yaml of
+               derive --select retrieval in the folder)
+               (+ seeds_agreement and seeds_trajectories when several such runs share a space)
   retrain run  training (+ results and retrieval_<target> when RUN/eval/metrics.json exists)
   eval folder  (holding metrics.json) results and retrieval_<target>
   comparison   (holding results.json of run_protocol.py) distribution, agreement (+ pareto when
@@ -66,9 +68,15 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
     suffix = (lambda r: f"_{r.slug}") if many else (lambda r: "")
     for r in search:
         yield f"alpha_heatmap{suffix(r)}", S.alpha_heatmap(r)
-        yield f"alpha_trajectories{suffix(r)}", S.alpha_trajectories(r)
-        yield f"entropy{suffix(r)}", S.entropy(r)
-    groups = [g for g in S.group_by_space(search) if len(g) > 1]
+        if r.alphas_moved:
+            yield f"alpha_trajectories{suffix(r)}", S.alpha_trajectories(r)
+            yield f"entropy{suffix(r)}", S.entropy(r)
+        elif r.retrieval is None:
+            R.note(f"{r.path}: its alphas never moved (search.weight_step=uniform); its answer comes from "
+                   f"osnas derive --run {r.path} --select retrieval, whose scores are plotted once derived")
+        if r.retrieval is not None:
+            yield f"retrieval_scores{suffix(r)}", S.retrieval_scores(r)
+    groups = [g for g in S.group_by_space([r for r in search if r.alphas_moved]) if len(g) > 1]
     for g in groups:
         tag = f"_{slug(g[0].space.name)}" if len(groups) > 1 else ""
         yield f"seeds_agreement{tag}", S.seeds_agreement(g)

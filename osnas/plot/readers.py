@@ -41,6 +41,7 @@ class SearchRun:
     final: Dict[str, Dict[str, float]]   # position -> {candidate: p}, space order
     choices: Dict[str, str]              # position -> chosen candidate
     final_source: str = ""               # file the final probabilities came from
+    retrieval: Optional["RetrievalScores"] = None  # genotype.yaml of derive --select retrieval
     label: str = ""                      # legend label, unique among the plotted runs
     slug: str = ""                       # file-name part, unique among the plotted runs
 
@@ -49,11 +50,30 @@ class SearchRun:
         return self.space.positions
 
     @property
+    def alphas_moved(self) -> bool:
+        """False for a run whose alphas never left their start (search.weight_step=uniform): its
+        alpha figures would show nothing, its answer is in the derived genotype."""
+        first = {k: v[0] for k, v in self.history.probs.items()}  # (C,) per position
+        return (any(float(np.ptp(v, axis=0).max()) > 0 for v in self.history.probs.values())
+                or any(abs(self.final[k][c] - first[k][j]) > 1e-9
+                       for k in first for j, c in enumerate(self.final[k])))
+
+    @property
     def relaxation(self) -> str:
         return str(self.meta.get("relaxation") or self.space.relaxation)
 
     def genotype_key(self) -> tuple:
         return tuple(self.choices[p.name] for p in self.positions)
+
+
+@dataclass
+class RetrievalScores:
+    """What `osnas derive --select retrieval` recorded per position (genotype.yaml)."""
+
+    path: Path
+    choices: Dict[str, str]              # position -> chosen candidate
+    scores: Dict[str, Dict[str, float]]  # position -> {candidate: held-out mAP, 0-1}
+    gap_se: Dict[str, Dict[str, float]]  # position -> {candidate: distance below the best, standard errors}
 
 
 @dataclass
@@ -162,7 +182,29 @@ def load_search_run(p: Path, meta: Optional[dict] = None) -> SearchRun:
     history = _history(hp, rows, space)
     final, choices, src = _final(p, space, history)
     return SearchRun(path=p, meta=meta, space=space, history=history, final=final, choices=choices,
-                     final_source=src)
+                     final_source=src, retrieval=_retrieval(p / "genotype.yaml", space))
+
+
+def _retrieval(f: Path, space) -> Optional[RetrievalScores]:
+    """The retrieval scores of the run's genotype.yaml; None when it has none (another selection)."""
+    if not f.is_file():
+        return None
+    d = _read_mapping(f, "genotype")
+    if d.get("select") != "retrieval":
+        return None
+    pos = d.get("positions") if isinstance(d.get("positions"), dict) else {}
+    choices, scores, gaps = {}, {}, {}
+    for q in space.positions:
+        e = pos.get(q.name)
+        sc, gp = (e.get("scores"), e.get("gap_se")) if isinstance(e, dict) else (None, None)
+        if (not isinstance(sc, dict) or not isinstance(gp, dict) or e.get("choice") not in q.names
+                or any(not _num(sc.get(c)) or not isinstance(gp.get(c), (int, float)) for c in q.names)):
+            raise OsnasError(f"{f}: position {q.name}: expected choice, scores and gap_se for "
+                             f"{', '.join(q.names)} (a genotype of derive --select retrieval)")
+        choices[q.name] = e["choice"]
+        scores[q.name] = {c: float(sc[c]) for c in q.names}
+        gaps[q.name] = {c: float(gp[c]) for c in q.names}
+    return RetrievalScores(path=f, choices=choices, scores=scores, gap_se=gaps)
 
 
 def _history(hp: Path, rows: List[dict], space) -> History:

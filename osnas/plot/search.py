@@ -1,7 +1,8 @@
-"""Search figures: final alpha heat-map, alpha trajectories, entropy, agreement of several runs.
+"""Search figures: final alpha heat-map, alpha trajectories, entropy, agreement of several runs,
+and the retrieval scores of `derive --select retrieval`.
 
 Artists carry gids (unique ids in SVG) that tests and SVG readers can find: cells chosen by
-argmax are Rectangles "chosen:[RUN:]POSITION"; trajectory panels are Axes "position:NAME";
+argmax are Rectangles "chosen:[RUN:]POSITION"; cells chosen by retrieval "retrieval:POSITION"; trajectory panels are Axes "position:NAME";
 agreement bars "agreement:POSITION"; warm-up bands "warmup:...".
 """
 
@@ -49,15 +50,23 @@ def _subtitle(run: SearchRun) -> str:
 
 
 # ----------------------------------------------------------------------------- heat-map
-def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = True, tag: str = ""):
-    """Positions (rows, space order) x candidates; annotated; argmax outlined. Returns the image."""
+def _grid(pos, values: Dict[str, Dict[str, float]]) -> np.ndarray:
+    """(positions, most candidates) matrix of values[position][candidate]; NaN where a position
+    has fewer candidates."""
+    mat = np.full((len(pos), max(len(p.names) for p in pos)), np.nan)
+    for i, p in enumerate(pos):
+        mat[i, :len(p.names)] = [values[p.name][c] for c in p.names]
+    return mat
+
+
+def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = True, tag: str = "",
+                 outline: bool = True):
+    """Positions (rows, space order) x candidates; annotated; argmax outlined (unless not
+    `outline`: alphas that never moved have no argmax to show). Returns the image."""
     pos = run.positions
     uniform = _uniform(run.space)
     ncol = max(len(p.names) for p in pos)
-    mat = np.full((len(pos), ncol), np.nan)
-    for i, p in enumerate(pos):
-        for j, c in enumerate(p.names):
-            mat[i, j] = run.final[p.name][c]
+    mat = _grid(pos, run.final)
     im = ax.imshow(np.ma.masked_invalid(mat), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
                    interpolation="nearest")
     ax.set_facecolor("0.92")  # cells a position does not have
@@ -68,10 +77,11 @@ def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = Tru
             txt = f"{v:.{dec}f}" if uniform else f"{c}\n{v:.{dec}f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=fontsize,
                     color="white" if v > 0.6 else "black",
-                    fontweight="bold" if c == run.choices[p.name] else "normal")
-        j = p.names.index(run.choices[p.name])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
-                               gid=f"chosen:{tag}{p.name}", zorder=3))
+                    fontweight="bold" if outline and c == run.choices[p.name] else "normal")
+        if outline:
+            j = p.names.index(run.choices[p.name])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
+                                   gid=f"chosen:{tag}{p.name}", zorder=3))
     ax.set_xticks(range(ncol))
     ax.set_xticklabels(pos[0].names if uniform else [f"candidate {j}" for j in range(ncol)],
                        fontsize=fontsize)
@@ -93,14 +103,60 @@ def alpha_heatmap(run: SearchRun) -> Figure:
     ncol = max(len(p.names) for p in pos)
     fig = new_figure(2.4 + 1.15 * ncol + 1.0, 1.9 + 0.42 * len(pos))
     ax = fig.add_subplot()
-    im = draw_heatmap(ax, run)
+    moved = run.alphas_moved
+    im = draw_heatmap(ax, run, outline=moved)
     ax.set_xlabel("candidate" if _uniform(run.space) else "candidate (name in the cell)")
     ax.set_ylabel("position (search-space order)")
     fig.colorbar(im, ax=ax, label="probability", shrink=0.9)
-    fig.legend(handles=[Patch(facecolor="none", edgecolor=CHOSEN_COLOR, lw=2.5, label="chosen (argmax)")],
-               loc="outside lower center", frameon=False, fontsize=8)
+    if moved:
+        fig.legend(handles=[Patch(facecolor="none", edgecolor=CHOSEN_COLOR, lw=2.5, label="chosen (argmax)")],
+                   loc="outside lower center", frameon=False, fontsize=8)
+
     fig.suptitle(f"Final architecture probabilities — {run.label or run.path.name}", fontsize=11)
-    ax.set_title(_subtitle(run), fontsize=7.5, color="0.3", wrap=True)
+    note = "" if moved else ("\nthe alphas never moved (no alpha step): nothing to choose from them; the answer is "
+                             "derive --select retrieval's (retrieval_scores)")
+    ax.set_title(_subtitle(run) + note, fontsize=7.5, color="0.3", wrap=True)
+    return fig
+
+
+def retrieval_scores(run: SearchRun) -> Figure:
+    """Held-out retrieval mAP of every one-hot subnet that derive scored at its final point
+    (positions x candidates; the others fixed at the chosen genotype), coloured by the distance
+    below the row's best in standard errors; the chosen candidate outlined. A candidate within
+    2 standard errors of the best is noise, so the simplest of those is chosen."""
+    r = run.retrieval
+    pos = run.positions
+    uniform = _uniform(run.space)
+    ncol = max(len(p.names) for p in pos)
+    gap = np.minimum(_grid(pos, r.gap_se), 6.0)  # (P, C) in standard errors, inf shown as 6
+    fig = new_figure(2.4 + 1.2 * ncol + 1.0, 2.1 + 0.45 * len(pos))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(gap), cmap="Greens_r", vmin=0.0, vmax=6.0, aspect="auto",
+                   interpolation="nearest")
+    ax.set_facecolor("0.92")
+    for i, p in enumerate(pos):
+        for j, c in enumerate(p.names):
+            g = r.gap_se[p.name][c]
+            txt = f"{100 * r.scores[p.name][c]:.1f}\n" + ("best" if g == 0 else f"-{g:.1f} SE" if np.isfinite(g) else "-\u221e SE")
+            ax.text(j, i, (txt if uniform else f"{c}\n{txt}"), ha="center", va="center", fontsize=8,
+                    color="white" if gap[i, j] < 2.0 else "black",
+                    fontweight="bold" if c == r.choices[p.name] else "normal")
+        j = p.names.index(r.choices[p.name])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
+                               gid=f"retrieval:{p.name}", zorder=3))
+    ax.set_xticks(range(ncol))
+    ax.set_xticklabels(pos[0].names if uniform else [f"candidate {j}" for j in range(ncol)], fontsize=9)
+    ax.set_yticks(range(len(pos)))
+    ax.set_yticklabels([p.name for p in pos], fontsize=9)
+    ax.tick_params(length=0)
+    ax.set_ylabel("position (search-space order)")
+    fig.colorbar(im, ax=ax, label="below the best (standard errors)", shrink=0.9)
+    fig.legend(handles=[Patch(facecolor="none", edgecolor=CHOSEN_COLOR, lw=2.5,
+                              label="chosen: the fewest IN sites within 2 SE of the best")],
+               loc="outside lower center", frameon=False, fontsize=8)
+    fig.suptitle(f"Held-out retrieval mAP (%) of each one-hot subnet — {run.label or run.path.name}", fontsize=11)
+    ax.set_title(_subtitle(run) + " · BN re-estimated per subnet, the others at the chosen genotype",
+                 fontsize=7.5, color="0.3", wrap=True)
     return fig
 
 

@@ -163,7 +163,9 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 if global_step % cfg.run.log_every == 0 and ctx.is_main:
                     log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
                              + (f" loss_a {loss_a:.4f}" if loss_a is not None else "") + " | "
-                             + " ".join(f"{p.name}:{c}" for p, c in zip(model.positions, model.choices().values())))
+                             + ("path " if uniform else "")  # uniform: the alphas never move, show the path
+                             + " ".join(f"{p.name}:{p.names[c] if uniform else c}" for p, c in
+                                        zip(model.positions, path if uniform else model.choices().values())))
                 if run.stop_requested:
                     del batches  # stops the loader's workers
                     data.rewind(global_step)  # the streams as they stand at this step, not at the epoch's end
@@ -176,8 +178,9 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     def finish():
         g = model.genotype(sources=data.domains, seed=run.seed, step=global_step)
         write_json(run_dir / FINAL_ALPHAS, g.to_dict())
-        log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
-                                                for k, v in g.positions.items()))
+        if not uniform:
+            log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
+                                                    for k, v in g.positions.items()))
         how = " --select retrieval" if uniform else ""
         log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir}{how})")
 
