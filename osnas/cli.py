@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
     p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
     p.add_argument("--select", default=None, metavar="METHOD",
-                   help="argmax | perturb | consensus | retrieval (default: retrieval for runs of "
+                   help="argmax | perturb | consensus | retrieval | retrieval-pooled (default: retrieval for runs of "
                         "search.weight_step=uniform or search.objective=unseen, else argmax for one run and "
                         "consensus for several)")
     p.add_argument("--out", default=None,
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")
     p.add_argument("--batches", type=int, default=None,
                    help="perturb, retrieval: alpha-step batches per source to score on (default 4 for perturb, "
-                        "16 for retrieval)")
+                        "16 for retrieval and retrieval-pooled)")
     p.add_argument("--order", default="fixed", metavar="ORDER",
                    help="perturb: fixed (positions in the space's order) | greedy (largest best drop first)")
     p.add_argument("--data-root", default=None, help="perturb, retrieval: datasets folder (default: the run's own)")

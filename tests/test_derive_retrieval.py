@@ -12,11 +12,13 @@ import torch
 from conftest import TINY
 from osnas.cli import main
 from osnas.derive import load_run, run_derive
+from osnas.errors import OsnasError
 from osnas.metrics import evaluate_rank
 from osnas.models import build_model
 from osnas.models.genotype import load_genotype
 from osnas.search.bilevel import run_search
-from osnas.derive.retrieval import SubnetScorer, batch_retrieval_map, coordinate_ascent, pick, recalibrated_bn
+from osnas.derive.retrieval import (SubnetScorer, batch_retrieval_map, coordinate_ascent, identity_aps, pick,
+                                   query_aps, recalibrated_bn)
 
 SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
 NAMES = ["plain", "in_res", "in_post", "both"]
@@ -56,6 +58,24 @@ def test_batch_map_is_one_for_separated_identities_and_nan_without_pairs():
     assert batch_retrieval_map(f, pids) == pytest.approx(1.0)
     assert batch_retrieval_map(torch.randn(3, 4), torch.tensor([0, 1, 2])) != batch_retrieval_map(
         torch.randn(3, 4), torch.tensor([0, 1, 2]))  # nan != nan
+
+
+def test_identity_aps_pool_the_batches_and_average_each_identity():
+    """The pooled gallery: each image a query against every other image of all batches; the
+    units of the standard error are identities (their queries' mean AP), in pid order."""
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(10, 4, generator=g)
+    pids = torch.tensor([3, 3, 3, 1, 1, 7, 7, 7, 7, 9])  # identity 9 has one image: not a query
+    aps, q = query_aps(f, pids)
+    assert q.tolist() == [3, 3, 3, 1, 1, 7, 7, 7, 7] and batch_retrieval_map(f, pids) == pytest.approx(float(aps.mean()))
+    per_id = identity_aps(f, pids)
+    assert per_id == pytest.approx([float(aps[3:5].mean()), float(aps[:3].mean()), float(aps[5:].mean())])
+    # a gallery of two batches is harder than each batch alone: the other batch's identities compete
+    one = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0], [-0.8, -0.6]])  # ids 0, 0, 1, 1: easy alone
+    two = torch.tensor([[0.95, 0.31], [0.6, 0.8], [-0.95, -0.31], [-0.6, -0.8]])  # ids 2, 2, 3, 3: close to them
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert batch_retrieval_map(one, ids[:4]) == 1.0 and batch_retrieval_map(two, ids[4:]) == 1.0
+    assert sum(identity_aps(torch.cat([one, two]), ids)) / 4 < 0.9
 
 
 # ----------------------------------------------------------------------------- pick and ascent
@@ -117,6 +137,13 @@ def test_scorer_equals_the_standalone_derived_network_with_recalibrated_bn(runs)
         maps = [batch_retrieval_map(net(b[0]), b[1]) for b in sc.val]
     assert score == pytest.approx(sum(maps) / len(maps), abs=1e-5)
     assert sc([0] * 6) != score  # another subnet, another score
+    pooled = SubnetScorer(run, batches=2, gallery="pooled")  # the same images as one gallery, per identity
+    with recalibrated_bn(net, net, sc.calib), torch.no_grad():
+        want = identity_aps(torch.cat([net(b[0]) for b in sc.val]), torch.cat([b[1] for b in sc.val]))
+    assert pooled.per_batch(path) == pytest.approx(want, abs=1e-5)
+    assert len(want) == len({int(i) for b in sc.val for i in b[1]})
+    with pytest.raises(OsnasError, match="unknown retrieval gallery 'big'; valid: batch, pooled"):
+        SubnetScorer(run, batches=2, gallery="big")
 
 
 def test_recalibration_restores_the_statistics_and_the_mode(runs):
@@ -159,7 +186,7 @@ def test_retrieval_of_several_runs_pools_their_batches(runs, tmp_path, monkeypat
     prefer = {"lodo": [0, 1, 2, 3, 0, 1], "unseen": [0, 1, 2, 3, 3, 3]}
 
     class Fake:
-        def __init__(self, run, batches, data_root, device):
+        def __init__(self, run, batches, data_root, device, gallery="batch"):
             self.want = prefer[run.path.name]
             self.evaluations = 0
 
@@ -181,6 +208,16 @@ def test_retrieval_of_several_runs_pools_their_batches(runs, tmp_path, monkeypat
     # at the final point: lodo 0, unseen -2 (two positions off its preference), plus the batch offsets
     assert g.positions["conv4.0"]["scores"]["plain"] == pytest.approx(-1.0 + 0.025)
     assert g.positions["conv4.0"]["scores"]["both"] == pytest.approx(-1.5 + 0.025)  # lodo -2, unseen -1
+
+
+def test_retrieval_pooled_is_its_own_method_in_the_provenance_and_the_plot(runs, tmp_path):
+    g = load_genotype(run_derive(runs[1], out=tmp_path / "p.yaml", select="retrieval-pooled", batches=2))
+    assert g.select == "retrieval-pooled" and g.name.endswith("-retrieval-pooled")
+    assert all(set(v["gap_se"]) == set(v["scores"]) for p, v in g.positions.items() if p != "stem")
+    from osnas.plot.readers import _retrieval
+
+    assert _retrieval(tmp_path / "p.yaml", load_run(runs[1]).space).choices == {
+        k: v["choice"] for k, v in g.positions.items()}
 
 
 def test_bad_batches_is_a_one_line_error(runs, capsys):

@@ -21,6 +21,9 @@ retrieval  the one-hot subnet whose held-out retrieval mAP is best, asked of the
            itself after re-estimating the subnet's BN statistics (retrieval.py): from the
            subnet without IN, a position takes IN only where it scores better beyond 2
            standard errors. Several runs: their validation batches pooled.
+retrieval-pooled  the same, scored on the validation batches pooled into one gallery, the
+           standard error over identities instead of batches (a harder retrieval that does
+           not saturate where one batch's few identities are easy for every subnet).
 
 One file per method: alphas.py (argmax, consensus), perturb.py, retrieval.py; runs.py reads
 the runs and assembles the genotype with its provenance; this file is the entry point.
@@ -44,7 +47,7 @@ import torch
 from osnas.derive.alphas import select_argmax, select_consensus
 from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
                                   perturb_select, remove_candidate, scoring_mode, select_perturb)
-from osnas.derive.retrieval import select_retrieval
+from osnas.derive.retrieval import select_retrieval, select_retrieval_pooled
 from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
@@ -54,17 +57,18 @@ __all__ = ["SELECTORS", "DEFAULT_BATCHES", "derive", "run_derive", "derive_from_
            # the pieces, for scripts and tests: reading runs, and the selection methods
            "SearchRun", "load_run", "load_supernet", "run_config", "PERTURB_ORDERS", "PerturbResult", "PerturbScorer",
            "onehot", "perturb_run", "perturb_select", "remove_candidate", "scoring_mode", "select_argmax",
-           "select_consensus", "select_perturb", "select_retrieval"]
+           "select_consensus", "select_perturb", "select_retrieval", "select_retrieval_pooled"]
 
 SELECTORS: Dict[str, Callable[..., Genotype]] = {
     "argmax": select_argmax,
     "perturb": select_perturb,
     "consensus": select_consensus,
     "retrieval": select_retrieval,
+    "retrieval-pooled": select_retrieval_pooled,
 }
 # validation batches per source when --batches is not given: retrieval's 2-standard-error gate
 # needs enough batches to resolve a difference (the test-bed protocol measured it with 16)
-DEFAULT_BATCHES = {"perturb": 4, "retrieval": 16}
+DEFAULT_BATCHES = {"perturb": 4, "retrieval": 16, "retrieval-pooled": 16}
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -194,7 +198,7 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
           + f", sources {','.join(g.sources)}):", file=file)
     width = max([len(k) for k in g.positions] + [len("position")])
     cw = max([len(v["choice"]) for v in g.positions.values()] + [len("choice")])
-    if g.select == "retrieval":
+    if g.select.startswith("retrieval"):
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'mAP %':>6}  {'agree':>5}  why", file=file)
         for k, v in g.positions.items():
             c = v["choice"]

@@ -190,7 +190,7 @@ def _retrieval(f: Path, space) -> Optional[RetrievalScores]:
     if not f.is_file():
         return None
     d = _read_mapping(f, "genotype")
-    if d.get("select") != "retrieval":
+    if not str(d.get("select", "")).startswith("retrieval"):
         return None
     pos = d.get("positions") if isinstance(d.get("positions"), dict) else {}
     choices, scores, gaps = {}, {}, {}
