@@ -43,17 +43,15 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     ensure_synth(root, cfg.data.sources + cfg.data.targets)
 
     s = cfg.search
-    how = ("one path drawn uniformly per step, no alpha step" if s.weight_step == "uniform"
-           else f"bilevel, {s.order}-order, alphas judged {s.objective}")
-    kept = f", {s.unseen_domain or cfg.data.sources[-1]} kept out of the weight steps" if s.objective == "unseen" else ""
-    _stage(2, n, f"search: {s.space} supernet ({how}{kept}) on {','.join(cfg.data.sources)}")
+    _stage(2, n, f"search: {s.space} supernet ({s.weight_step} weight step, {s.order}-order, alphas judged "
+                 f"{s.objective}) on {','.join(cfg.data.sources)}")
     search_dir = out / "search"
     resume = (search_dir / "checkpoint.pth").is_file() and not (search_dir / "final_alphas.json").is_file()
     if not (search_dir / "final_alphas.json").is_file():
         run_search(data_root=str(root), config_file=str(cfg_file), out=str(search_dir), resume=resume)
 
     _stage(3, n, "derive: the genotype file (the selection the run's settings call for: osnas derive --help)")
-    gpath = run_derive(search_dir, batches=2 if quick else None)
+    gpath = run_derive(search_dir)
 
     runs = {}
     names = ("searched", "osnet", "osnet_ain")  # the searched network and the references it must beat

@@ -203,21 +203,19 @@ def compare_recipes(out: Path, results: str) -> None:
                "|---|---|---|---|---:|---|---|"]
     for e in evals:
         name, m, sites = e[5:] or "lodo", [], []
-        first = next(out / f"seed{s}" / e.replace("eval", "search") for s in seeds
-                     if (out / f"seed{s}" / e / "metrics.json").is_file())
-        c = load_yaml(first / "config.yaml")["search"]  # the recipe, as its first seed's search ran it
-        recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
-                       f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | "
-                       f"{load_yaml(first / 'genotype.yaml').get('select', '?')} |")
-        for s in seeds:
-            f = out / f"seed{s}" / e / "metrics.json"
-            if not f.is_file():
-                continue
-            models = json.loads(f.read_text())["models"]
+        ran = [s for s in seeds if (out / f"seed{s}" / e / "metrics.json").is_file()]
+        for i, s in enumerate(ran):
+            search = out / f"seed{s}" / e.replace("eval", "search")
+            genotype = load_yaml(search / "genotype.yaml")
+            if i == 0:  # the recipe, as its first seed's search ran it
+                c = load_yaml(search / "config.yaml")["search"]
+                recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
+                               f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | "
+                               f"{genotype.get('select', '?')} |")
+            models = json.loads((out / f"seed{s}" / e / "metrics.json").read_text())["models"]
             m.append({k.split("-")[0]: statistics.mean(t["mAP"] for t in v["targets"].values())
                       for k, v in models.items()})
-            plan = load_yaml(out / f"seed{s}" / e.replace("eval", "search") / "genotype.yaml").get("plan") or {}
-            sites.append([k for k, v in plan.items() if v == "in"])
+            sites.append([k for k, v in (genotype.get("plan") or {}).items() if v == "in"])
             per_seed.append(f"| {name} | {s} | {100 * m[-1]['searched']:.1f} | {100 * m[-1]['osnet_ain']:.1f} | "
                             f"{100 * m[-1]['osnet']:.1f} | {', '.join(sites[-1]) or 'nowhere'} |")
         diff = lambda ref: [x["searched"] - x[ref] for x in m]  # noqa: E731

@@ -59,6 +59,11 @@ def _grid(pos, values: Dict[str, Dict[str, float]]) -> np.ndarray:
     return mat
 
 
+def _outline(ax, i: int, j: int, gid: str) -> None:
+    """Outline heat-map cell (row i, column j): a chosen candidate."""
+    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5, gid=gid, zorder=3))
+
+
 def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = True, tag: str = "",
                  outline: bool = True):
     """Positions (rows, space order) x candidates; annotated; argmax outlined (unless not
@@ -79,9 +84,7 @@ def draw_heatmap(ax, run: SearchRun, fontsize: float = 9, row_labels: bool = Tru
                     color="white" if v > 0.6 else "black",
                     fontweight="bold" if outline and c == run.choices[p.name] else "normal")
         if outline:
-            j = p.names.index(run.choices[p.name])
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
-                                   gid=f"chosen:{tag}{p.name}", zorder=3))
+            _outline(ax, i, p.names.index(run.choices[p.name]), f"chosen:{tag}{p.name}")
     ax.set_xticks(range(ncol))
     ax.set_xticklabels(pos[0].names if uniform else [f"candidate {j}" for j in range(ncol)],
                        fontsize=fontsize)
@@ -141,9 +144,7 @@ def retrieval_scores(run: SearchRun) -> Figure:
             ax.text(j, i, (txt if uniform else f"{c}\n{txt}"), ha="center", va="center", fontsize=8,
                     color="white" if gap[i, j] < 2.0 else "black",
                     fontweight="bold" if c == r.choices[p.name] else "normal")
-        j = p.names.index(r.choices[p.name])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR, lw=2.5,
-                               gid=f"retrieval:{p.name}", zorder=3))
+        _outline(ax, i, p.names.index(r.choices[p.name]), f"retrieval:{p.name}")
     ax.set_xticks(range(ncol))
     ax.set_xticklabels(pos[0].names if uniform else [f"candidate {j}" for j in range(ncol)], fontsize=9)
     ax.set_yticks(range(len(pos)))
