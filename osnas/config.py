@@ -78,7 +78,7 @@ class SearchConfig:
     alpha_weight_decay: float = 0.0
     alpha_every: int = 1  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
     # mixed: every candidate, weighted by the alphas | sampled: one path drawn from them |
-    # uniform: one path drawn uniformly, no alpha step (derive with --select retrieval)
+    # uniform: one path drawn uniformly, no alpha step (derive asks the supernet: --select retrieval-pooled)
     weight_step: str = "mixed"
     entropy_weight: float = 0.0  # alpha loss + w * mean position entropy, w ramped 0 -> entropy_weight over the alpha epochs
     # deployment cost (osnas/search/budget.py): "" = none | proxy | a cost table file from `osnas profile`

@@ -235,12 +235,12 @@ def test_the_default_selection_asks_the_supernet_only_where_it_has_unseen_data(r
     from osnas.config import build_config
     from osnas.derive import default_select
 
-    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=2)).select == "retrieval"  # unseen
+    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=2)).select == "retrieval-pooled"
     assert load_genotype(run_derive(runs[0], out=tmp_path / "l.yaml")).select == "argmax"  # lodo
     lodo, unseen = build_config().search, build_config(overrides=["search.objective=unseen"]).search
     uniform = build_config(overrides=["search.weight_step=uniform"]).search
     assert [default_select([lodo]), default_select([lodo, lodo]), default_select([unseen]),
-            default_select([lodo, uniform])] == ["argmax", "consensus", "retrieval", "retrieval"]
+            default_select([lodo, uniform])] == ["argmax", "consensus", "retrieval-pooled", "retrieval-pooled"]
 
 
 def test_the_summary_says_why_each_candidate_was_kept():

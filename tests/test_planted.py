@@ -173,8 +173,8 @@ def test_planted_five_seeds_sampled_weight_step(tmp_path, case, want):
 @pytest.mark.slow
 @pytest.mark.parametrize("case,want", CASES)
 def test_planted_five_seeds_uniform_supernet_asked_by_retrieval(tmp_path, case, want):
-    """A uniform single-path supernet (no alpha step) derived by `--select retrieval` (its
-    default): IN at the stem only where it retrieves better beyond 2 standard errors; the
+    """A uniform single-path supernet (no alpha step) derived by its default selection
+    (retrieval-pooled): IN at the stem only where it retrieves better beyond 2 standard errors; the
     planted answer in >= 4 of 5 seeds. Its alphas never move, so the choice alone is counted."""
     picks = {}
     for s in SEEDS:

@@ -73,3 +73,26 @@ def test_a_retrain_refuses_a_genotype_that_is_not_its_folders_architecture(tmp_p
         run_protocol.retrain_eval({"genotype": str(g), "out": str(wrong), "seed": 2, "overrides": [],
                                    "root": str(tmp_path), "config": "", "name": "x"})
     assert not wrong.exists() and not right.exists()
+
+
+def test_the_targets_are_judged_on_the_default_method_not_on_the_best_one():
+    """Another method meeting agreement or the top 10% is named for reference, but the target
+    is the default's: here the default misses both while `other` meets both."""
+    def method(same, agree, worst):
+        return {"same_genotype": same, "mean_position_agreement": agree, "min_percentile": worst}
+
+    s = {"paired": {"default": "dflt", "diff_mean": 0.03},
+         "methods": {"dflt": method("2/5", 0.86, 74.0), "other": method("4/5", 0.95, 95.0)},
+         "noise": {"mAP_std": 0.01, "mAP": [0.05, 0.06]},
+         "yardstick": {f"r{i}": {"mAP": 0.01 * i} for i in range(10)}}
+    lines = results_protocol.targets_section(s)
+    agree = next(x for x in lines if x.startswith("- same genotype"))
+    top = next(x for x in lines if x.startswith("- genotype in the top 10%"))
+    beat = next(x for x in lines if x.startswith("- beats OSNet-AIN"))
+    assert "**not met** (2/5 identical, 86% agreement" in agree and "other, 4/5 and 95%" in agree
+    assert "**not met** (worst percentile 74;" in top and "the highest: other" in top
+    assert beat.startswith("- beats OSNet-AIN by more than twice the noise floor, paired: met (3.0 vs 2.0)")
+    s["methods"]["dflt"] = method("4/5", 0.80, 90.0)  # 4 of 5 identical is enough, whatever the agreement
+    lines = results_protocol.targets_section(s)
+    assert any(x.startswith("- same genotype") and ": met (4/5" in x for x in lines)
+    assert any(x.startswith("- genotype in the top 10%") and ": met (worst percentile 90" in x for x in lines)

@@ -117,7 +117,7 @@ def test_uniform_paths_ignore_the_alphas():
 
 def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys):
     """weight_step=uniform: paths drawn uniformly, no alpha step, alphas as initialised; derive
-    defaults to --select retrieval and refuses to read the unmoved alphas by argmax."""
+    defaults to --select retrieval-pooled and refuses to read the unmoved alphas by argmax."""
     sets = SEARCH + ["search.weight_step=uniform"]
     a = run_search(data_root=str(synth_root), out=str(tmp_path / "a"), overrides=sets)
     h = read_history(a)
@@ -128,11 +128,11 @@ def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_
     assert main(["derive", "--run", str(a), "--batches", "1"]) == 0
     from osnas.models.genotype import load_genotype
 
-    assert load_genotype(a / "genotype.yaml").select == "retrieval"
+    assert load_genotype(a / "genotype.yaml").select == "retrieval-pooled"
     capsys.readouterr()
     assert main(["derive", "--run", str(a), "--select", "argmax", "--out", str(tmp_path / "g.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "weight_step=uniform" in err[0] and "--select retrieval" in err[0]
+    assert len(err) == 1 and "weight_step=uniform" in err[0] and "--select retrieval-pooled" in err[0]
     assert not (tmp_path / "g.yaml").exists()
 
 

@@ -181,8 +181,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
         if not uniform:
             log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
                                                     for k, v in g.positions.items()))
-        how = " --select retrieval" if uniform else ""
-        log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir}{how})")
+        log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir})")
 
     dist.on_main(finish, ctx)
     return run_dir
