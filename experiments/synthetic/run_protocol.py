@@ -276,6 +276,12 @@ class Pool:
             return [fn(j) for j in jobs]
         return list(self.ex.map(fn, jobs))
 
+    def close(self) -> None:
+        """Stop the workers now: left to the interpreter's exit, the executor's wake-up pipe
+        can already be closed ("Exception ignored ... Bad file descriptor" after a quick run)."""
+        if self.ex is not None:
+            self.ex.shutdown()
+
 
 def sample_architectures(space, n: int, seed: int) -> list:
     """n distinct architectures drawn uniformly from the space ({position: candidate})."""
@@ -673,7 +679,10 @@ def main():
         raise SystemExit(f"run_protocol: unknown configuration {bad}; valid: {', '.join(CONFIGS)}")
     pool = Pool(a.jobs)
     t0 = time.time()
-    summaries = {n: run_config(n, CONFIGS[n], a, pool, sizes) for n in names}
+    try:
+        summaries = {n: run_config(n, CONFIGS[n], a, pool, sizes) for n in names}
+    finally:
+        pool.close()
     sys.path.insert(0, str(HERE))
     from results_protocol import write_results
 
