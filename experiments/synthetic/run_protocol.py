@@ -211,7 +211,7 @@ def supernet_scores(job: dict) -> list:
     alpha loss with one-hot weights; "retrieval" ("retrieval-pooled"), minus the retrieval mAP of
     `--select retrieval` (`--select retrieval-pooled`)."""
     from osnas.derive import PerturbScorer, load_run, onehot
-    from osnas.derive.retrieval import SubnetScorer
+    from osnas.derive.retrieval import GALLERIES, SubnetScorer
 
     scorer_kind = job.get("scorer", "loss")
     key = {"choices": job["choices"], "batches": job["batches"]}
@@ -223,9 +223,8 @@ def supernet_scores(job: dict) -> list:
     run = load_run(job["run"])
     space = run.space
     out = []
-    if scorer_kind.startswith("retrieval"):  # "retrieval" scores within each batch, "retrieval-pooled" pooled
-        subnet = SubnetScorer(run, batches=job["batches"], data_root=job["root"],
-                              gallery="pooled" if scorer_kind == "retrieval-pooled" else "batch")
+    if scorer_kind in GALLERIES:  # "retrieval" scores within each batch, "retrieval-pooled" pooled
+        subnet = SubnetScorer(run, batches=job["batches"], data_root=job["root"], gallery=GALLERIES[scorer_kind])
         out = [-subnet([p.names.index(c[p.name]) for p in space.positions]) for c in job["choices"]]
     else:
         scorer = PerturbScorer(run, batches=job["batches"], data_root=job["root"])
@@ -300,6 +299,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     from osnas.config import build_config
     from osnas.data import data_root
     from osnas.data.synth import ensure_synth
+    from osnas.derive.retrieval import GALLERIES
     from osnas.models.genotype import Genotype, load_genotype, named_genotype
     from osnas.models.space import load_space
 
@@ -357,7 +357,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
                               out=str(out / "derived" / f"{m}.yaml")))
         else:
             djobs += [dict(root=root, method=m, seed=s, runs=[r], select=SELECT.get(m, "argmax"),
-                           batches=RETRIEVAL_BATCHES if SELECT.get(m, "").startswith("retrieval") else 4,
+                           batches=RETRIEVAL_BATCHES if SELECT.get(m) in GALLERIES else 4,
                            out=str(out / "derived" / f"{m}-seed{s}.yaml")) for s, r in zip(seeds, runs)]
     derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(a.methods)})")
     rjobs, seen = [], set(by_out)

@@ -48,7 +48,7 @@ import torch
 from osnas.derive.alphas import select_argmax, select_consensus
 from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
                                   perturb_select, remove_candidate, scoring_mode, select_perturb)
-from osnas.derive.retrieval import select_retrieval, select_retrieval_pooled
+from osnas.derive.retrieval import GALLERIES, select_retrieval, select_retrieval_pooled
 from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
@@ -202,7 +202,7 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
           + f", sources {','.join(g.sources)}):", file=file)
     width = max([len(k) for k in g.positions] + [len("position")])
     cw = max([len(v["choice"]) for v in g.positions.values()] + [len("choice")])
-    if g.select.startswith("retrieval"):
+    if g.select in GALLERIES:
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'mAP %':>6}  {'agree':>5}  why", file=file)
         for k, v in g.positions.items():
             c = v["choice"]

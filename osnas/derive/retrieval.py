@@ -59,7 +59,9 @@ from osnas.derive.runs import _agreement, _genotype, _mean_probs, load_supernet
 from osnas.errors import OsnasError
 
 SWEEPS = 3
-GALLERIES = ("batch", "pooled")  # score units: per validation batch, or per identity of the pooled batches
+# the selection methods of this module and their score units: per validation batch, or per
+# identity of the validation batches pooled into one gallery
+GALLERIES = {"retrieval": "batch", "retrieval-pooled": "pooled"}
 Z = 2.0  # IN must beat the simplest candidate by more than this many standard errors
 
 
@@ -132,15 +134,16 @@ def recalibrated_bn(model: torch.nn.Module, forward: Callable, batches: Sequence
 
 
 class SubnetScorer:
-    """`scorer.per_batch(path) -> [mAP per validation batch]` of one subnet of a run's supernet
-    (path: a candidate index per position), after its BN recalibration; `scorer(path)` is their
-    mean. Cached per path. Batches without two images of one identity are left out (for every
-    subnet alike, so per-batch scores stay paired)."""
+    """`scorer.per_batch(path) -> [score per unit]` of one subnet of a run's supernet (path: a
+    candidate index per position), after its BN recalibration: the mAP of each validation batch
+    (gallery "batch"), or each identity's mean AP in the batches pooled into one gallery
+    ("pooled"); `scorer(path)` is their mean. Cached per path. Batches without two images of one
+    identity are left out (for every subnet alike, so the scores stay paired)."""
 
     def __init__(self, run, batches: int = 4, data_root: str | None = None, device: str = "auto",
                  gallery: str = "batch"):
-        if gallery not in GALLERIES:
-            raise OsnasError(f"unknown retrieval gallery {gallery!r}; valid: {', '.join(GALLERIES)}")
+        if gallery not in GALLERIES.values():
+            raise OsnasError(f"unknown retrieval gallery {gallery!r}; valid: {', '.join(GALLERIES.values())}")
         self.gallery = gallery
         sc = load_supernet(run, batches, data_root, device, weight_batches=True)
         self.model, self.calib, self.device = sc.model, sc.calib, sc.device
@@ -259,7 +262,7 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
             e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
         extra.append(e)
     probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
-    name = "retrieval" if gallery == "batch" else f"retrieval-{gallery}"
+    name = next(s for s, g in GALLERIES.items() if g == gallery)
     return _genotype(runs, name, chosen, probs, _agreement(per_run, chosen), extra)
 
 

@@ -117,7 +117,7 @@ def alpha_heatmap(run: SearchRun) -> Figure:
 
     fig.suptitle(f"Final architecture probabilities — {run.label or run.path.name}", fontsize=11)
     note = "" if moved else ("\nthe alphas never moved (no alpha step): nothing to choose from them; the answer is "
-                             "derive --select retrieval's (retrieval_scores)")
+                             "derive's retrieval scores (retrieval_scores)")
     ax.set_title(_subtitle(run) + note, fontsize=7.5, color="0.3", wrap=True)
     return fig
 
