@@ -33,9 +33,14 @@ more than Z = 2 standard errors of their paired per-batch difference. Every subn
 the same batches, so two scores differ by the architecture and not by the data, and a
 difference inside the noise of the validation batches never buys an IN layer: the
 one-standard-error rule of model selection (Breiman et al., "Classification and Regression
-Trees", 1984), with the project's two-error threshold. With several runs the per-batch scores of
-all runs' supernets are pooled (one ascent), and a position's agreement is the fraction of runs
-whose own scores pick the chosen candidate at the final point.
+Trees", 1984), with the project's two-error threshold. The order is a prior: the stem and the
+shallow blocks come first and take an effect before deeper sites can claim it (IN removes
+appearance early: Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via
+IBN-Net", ECCV 2018); a best-first ascent, which moves the position furthest beyond the gate,
+was measured and rejected (README, "Search options that decide how trustworthy the answer is").
+With several runs the per-batch scores of all runs' supernets are pooled (one ascent), and a
+position's agreement is the fraction of runs whose own scores pick the chosen candidate at the
+final point.
 
 retrieval-pooled (derive's default for uniform and unseen-objective runs) pools the validation
 batches into one gallery (`identity_aps`) and takes each identity's mean query AP as the paired
