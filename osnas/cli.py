@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
     p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
     p.add_argument("--select", default=None, metavar="METHOD",
-                   help="argmax | perturb | consensus | retrieval | retrieval-pooled (default: retrieval-pooled for runs of "
-                        "search.weight_step=uniform or search.objective=unseen, else argmax for one run and "
-                        "consensus for several)")
+                   help="argmax | perturb | consensus | retrieval | retrieval-pooled (default: retrieval-pooled "
+                        "for runs of search.weight_step=uniform or search.objective=unseen, else argmax for one run "
+                        "and consensus for several)")
     p.add_argument("--out", default=None,
                    help="genotype file to write (default RUN/genotype.yaml; required with several runs)")
     p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")

@@ -37,9 +37,10 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
 4. ranking       Kendall tau between the supernet's held-out score of each yardstick
                  architecture (one-hot weights, per search seed of the lodo and sampled
                  searches: the alpha loss; of the sampled-unseen and uniform searches: the
-                 retrieval score each retrieval method derives with) and its retrained mAP; and per seed the supernet's own verdict
-                 on the stem (held-out loss projected onto BN minus onto IN, ± its error
-                 over the alpha batches): does each seed's supernet see the same thing?
+                 retrieval score each retrieval method derives with) and its retrained
+                 mAP; and per seed the supernet's own verdict on the stem (held-out loss
+                 projected onto BN minus onto IN, ± its error over the alpha batches):
+                 does each seed's supernet see the same thing?
 5. paired test   the default method's genotype against OSNet-AIN (and plain OSNet) over the
                  noise seeds;
 6. budgets       (--budgets, on --budget-configs) cost-aware searches: the space profiled on
