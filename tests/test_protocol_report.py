@@ -154,3 +154,9 @@ def test_summarise_places_only_the_default_by_the_means_of_its_retrains():
     assert d["min_percentile"] == 0.0  # seed 1 alone: below every yardstick architecture
     assert "min_percentile_resolved" not in o and "mAP_seeds" not in o["per_seed"][0]
     assert s["yardstick_seeds"] == 2
+
+
+@pytest.mark.parametrize("v, text", [(1, "1st"), (2.0, "2nd"), (3, "3rd"), (11, "11th"), (12.4, "12th"), (13, "13th"),
+                                     (22, "22nd"), (83.0, "83rd"), (91.3, "91st"), (100, "100th"), (0, "0th")])
+def test_percentiles_are_written_as_ordinals(v, text):
+    assert results_protocol.ordinal(v) == text

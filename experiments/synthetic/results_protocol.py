@@ -31,6 +31,13 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def ordinal(v: float) -> str:
+    """A percentile as English writes it: 1st, 2nd, 3rd, 11th, 83rd, 91st, 100th."""
+    n = round(v)
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _ms(vals) -> str:
     vals = list(vals)
     s = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -420,8 +427,8 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
                 seed = row["seed"] if row["seed"] is not None else "all"
                 ch = ", ".join(f"{k}={v}" for k, v in row["choices"].items())
                 means = (f"; mean of {len(row['mAP_seeds'])} retrains {_ms(row['mAP_seeds'])}, "
-                         f"{row['percentile_resolved']:.0f}th among the yardstick's means" if "mAP_seeds" in row else "")
-                lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({row['percentile']:.0f}th){means} — {ch}")
+                         f"{ordinal(row['percentile_resolved'])} among the yardstick's means" if "mAP_seeds" in row else "")
+                lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({ordinal(row['percentile'])}){means} — {ch}")
         lines += yardstick_section(s)
         lines += projection_section(s)
         lines += lean_section(s)

@@ -673,9 +673,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a much smaller protocol (minutes): checks the machinery")
     ap.add_argument("--jobs", type=int, default=2, help="jobs run at a time (one thread each)")
     # uniform-pooled: the uniform runs (1.03x a plain step) scored on one pooled gallery: on geometry the answer
-    # "no IN" (BN stem 5/5, 91% agreement) at the 100th percentile in every seed; on style 86% agreement and the
-    # highest worst-seed percentile (74, tied); on the synth family -1.9 +- 6.7 mAP from OSNet-AIN against
-    # -9.5 +- 3.9 by the batch score. retrieval-pooled agrees more on style (94%) but leans to late-block IN on
+    # "no IN" (BN stem 5/5, 91% agreement) at the 96th percentile or above in every seed (means of 3 retrains);
+    # on style 86% agreement and the highest worst-seed percentile (74 by one retrain, tied; 83rd on means); on
+    # the synth family -1.9 +- 6.7 mAP from OSNet-AIN against -9.5 +- 3.9 by the batch score. retrieval-pooled agrees more on style (94%) but leans to late-block IN on
     # geometry (86%, worst 83rd) at 1.5x a plain step (RESULTS.md)
     ap.add_argument("--default", default="uniform-pooled", choices=METHODS,
                     help="the method the paired test checks (its most frequent genotype)")
@@ -687,7 +687,7 @@ def main():
     ap.add_argument("--yardstick-seeds", type=int, default=1,
                     help="retrain every yardstick architecture and the default's genotypes with this many seeds and "
                          "place the default's by the means (one retrain cannot: OSNet-AIN's own retrains fall in and "
-                         "out of the top 10%%); each extra seed adds about 40 min per configuration on 2 cores")
+                         "out of the top 10%%); each extra seed adds about 12 min per configuration on 2 cores")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
     ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
                                                    "searches (e.g. 1.01,1.03); none by default")

@@ -85,11 +85,11 @@ def default_select(searched: Sequence) -> str:
     weight step (objective=unseen), so the supernet can be asked on data it never trained on; else
     argmax for one run and consensus for several. On the synthetic test-bed, retrieval on the
     unseen-objective runs gave a higher held-out mAP than their argmax on both configurations and
-    ranked random architectures as retraining does (Kendall tau 0.3-0.6 against about 0 for the
-    alpha loss); the pooled gallery raised the agreement across seeds and the worst seed's
-    percentile among random architectures in 3 of 4 comparisons each, and on the demo's synth
-    domains (where one batch's retrieval saturates) found the IN stem the batch score missed:
-    experiments/synthetic/RESULTS.md, RESULTS_synth_recipes.md."""
+    ranked random architectures as retraining does (Kendall tau 0.4-0.6 against -0.14 to 0.14
+    for the alpha loss, on means of 3 retrains); the pooled gallery raised the agreement across
+    seeds and the worst seed's percentile among random architectures in 3 of 4 comparisons each,
+    and on the demo's synth domains (where one batch's retrieval saturates) found the IN stem the
+    batch score missed: experiments/synthetic/RESULTS.md, RESULTS_synth_recipes.md."""
     if any(s.weight_step == "uniform" or s.objective == "unseen" for s in searched):
         return "retrieval-pooled"
     return "argmax" if len(searched) == 1 else "consensus"
