@@ -34,6 +34,28 @@ def test_comparison_folder_draws_distribution_agreement_and_pareto(tmp_path, lat
     assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in names)
 
 
+def test_yardstick_seeds_are_drawn_as_means_and_ranges(tmp_path):
+    """With the yardstick retrained several times (run_protocol --yardstick-seeds), the figure
+    adds each architecture's mean and range and the default's means; it differs from the figure
+    without them."""
+    r = _results(False)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "results.json").write_text(json.dumps(r))
+    for v in r["yardstick"].values():
+        v["mAP_seeds"] = [v["mAP"], v["mAP"] + 0.01, v["mAP"] - 0.02]
+    r["methods"]["argmax"]["per_seed"][0]["mAP_seeds"] = [0.1, 0.12, 0.08]
+    (tmp_path / "three").mkdir()
+    (tmp_path / "three" / "results.json").write_text(json.dumps(r))
+    run_plot([str(tmp_path / "one")], out=str(tmp_path / "p1"))
+    run_plot([str(tmp_path / "three")], out=str(tmp_path / "p3"))
+    assert (tmp_path / "p1" / "distribution.png").read_bytes() != (tmp_path / "p3" / "distribution.png").read_bytes()
+    assert (tmp_path / "p1" / "agreement.png").read_bytes() == (tmp_path / "p3" / "agreement.png").read_bytes()
+    r["yardstick"]["osnet"]["mAP_seeds"] = ["0.07"]
+    (tmp_path / "three" / "results.json").write_text(json.dumps(r))
+    with pytest.raises(OsnasError, match=r"yardstick 'osnet': 'mAP_seeds' must be a list of numbers"):
+        run_plot([str(tmp_path / "three")], out=str(tmp_path / "p3"))
+
+
 def test_comparison_bad_results_name_the_file(tmp_path):
     (tmp_path / "cmp").mkdir()
     bad = _results(False)

@@ -50,7 +50,8 @@ def figures(name: str, s: dict, folder: Path) -> list:
     from osnas.plot import comparison as K
     from osnas.plot.common import save_figure
 
-    title = f"{name}: random architectures (grey, sorted), published (red), searched (a marker per seed)"
+    title = f"{name}: random architectures (grey, sorted), published (red), searched (a marker per seed" + (
+        f"; hollow: its mean over {s['yardstick_seeds']} retrains)" if s.get("yardstick_seeds", 1) > 1 else ")")
     figs = [("distribution", K.distribution(s, title)), ("agreement", K.agreement(s, f"{name}: seed agreement"))]
     if K.has_latency(s):
         figs.append(("pareto", K.pareto(s, f"{name}: held-out mAP against measured latency")))

@@ -2,15 +2,18 @@
 
 A comparison folder holds `results.json` (written by experiments/synthetic/run_protocol.py):
 
-    yardstick  {name: {mAP, rank1, [latency_ms], [relative_latency]}}  architectures retrained once: random
+    yardstick  {name: {mAP, rank1, [mAP_seeds], [latency_ms], [relative_latency]}}  architectures
+               retrained once (mAP) or with several seeds (mAP_seeds, seed 1 first): random
                draws from the space (names random*) and the published ones (osnet, osnet_ibn,
                osnet_ain)
-    methods    {method: {per_seed: [{seed, mAP, [latency_ms]}], mean_position_agreement}}
+    methods    {method: {per_seed: [{seed, mAP, [mAP_seeds], [latency_ms]}], mean_position_agreement}}
     budgets    (optional) {method@budget: {per_seed: [{seed, mAP, latency_ms}]}}: cost-aware searches
     noise      {mAP_std}                             the noise floor (std over retrain seeds)
 
 distribution  held-out mAP of every yardstick architecture, sorted; the searched genotypes of
-              every method as one marker per seed; OSNet-AIN +- 2 noise std shaded;
+              every method as one marker per seed; OSNet-AIN +- 2 noise std shaded; where
+              architectures were retrained with several seeds, their mean (black tick, or a
+              hollow marker) and range (whisker) over those seeds;
 agreement     per method, the mean per-position agreement of its genotypes over seeds;
 pareto        (when latencies are recorded) held-out mAP against measured latency: random
               architectures, the published ones, the searched genotypes, and the front.
@@ -50,9 +53,19 @@ def distribution(data: dict, title: str = "") -> Figure:
     ax.bar(range(len(order)), [100 * yard[k]["mAP"] for k in order],
            color=[NAMED_COLOR if k in NAMED else RANDOM_COLOR for k in order])
     x0 = len(order) + 1  # one column per method right of the sorted yardstick: a marker per seed
+    several = [i for i, k in enumerate(order) if len(yard[k].get("mAP_seeds") or []) > 1]
+    if several:  # the mean over the retrain seeds as a tick, their range as a whisker
+        seeds = [100 * np.asarray(yard[order[i]]["mAP_seeds"]) for i in several]
+        mean = np.array([v.mean() for v in seeds])
+        ax.errorbar(several, mean, yerr=[mean - [v.min() for v in seeds], [v.max() for v in seeds] - mean],
+                    fmt="_", color="k", ms=10, lw=0.8, capsize=0, label="mean and range over retrain seeds")
     for i, (m, r) in enumerate(methods.items()):
         ys = [100 * row["mAP"] for row in r["per_seed"]]
         ax.plot([x0 + i] * len(ys), ys, ls="none", marker=_marker(m, i), color=_color(i), ms=8, alpha=0.8)
+        means = [100 * float(np.mean(row["mAP_seeds"])) for row in r["per_seed"] if row.get("mAP_seeds")]
+        if means:  # hollow: the same genotypes' means over the retrain seeds
+            ax.plot([x0 + i + 0.35] * len(means), means, ls="none", marker=_marker(m, i), mfc="none",
+                    color=_color(i), ms=8)
     ax.set_xticks(list(range(len(order))) + [x0 + i for i in range(len(methods))],
                   [k if not k.startswith("random") else "" for k in order] + list(methods), rotation=60, fontsize=7)
     noise = float(data.get("noise", {}).get("mAP_std", 0.0))
@@ -60,6 +73,7 @@ def distribution(data: dict, title: str = "") -> Figure:
         m = 100 * yard["osnet_ain"]["mAP"]
         ax.axhspan(m - 200 * noise, m + 200 * noise, color=NAMED_COLOR, alpha=0.12, zorder=0,
                    label="OSNet-AIN ± 2 noise std")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left")
     ax.set_ylabel("held-out mAP (%)")
     ax.set_title(title or "random architectures (grey, sorted), published (red), searched (a marker per seed)",

@@ -311,8 +311,15 @@ def run_metrics(run: Run) -> Optional[Path]:
     return None
 
 
+def _seeds_ok(entry: dict) -> bool:
+    """`mAP_seeds`, where present: a non-empty list of numbers (one retrain per seed)."""
+    v = entry.get("mAP_seeds")
+    return v is None or (isinstance(v, list) and bool(v) and all(_num(x) for x in v))
+
+
 def load_comparison(path: Path) -> Comparison:
-    """results.json of a comparison: yardstick {name: {mAP, rank1, [latency_ms]}}, methods, noise."""
+    """results.json of a comparison: yardstick {name: {mAP, rank1, [mAP_seeds], [latency_ms]}},
+    methods, noise."""
     d = _read_mapping(path, "comparison results (results.json)")
     yard = d.get("yardstick")
     if not isinstance(yard, dict) or not yard:
@@ -320,6 +327,8 @@ def load_comparison(path: Path) -> Comparison:
     for k, v in yard.items():
         if not isinstance(v, dict) or not _num(v.get("mAP")):
             raise OsnasError(f"{path}: yardstick {k!r}: expected a numeric 'mAP' (a fraction)")
+        if not _seeds_ok(v):
+            raise OsnasError(f"{path}: yardstick {k!r}: 'mAP_seeds' must be a list of numbers (one per retrain seed)")
     methods = d.get("methods", {})
     if not isinstance(methods, dict):
         raise OsnasError(f"{path}: 'methods' must be a mapping of method -> results")
@@ -327,6 +336,8 @@ def load_comparison(path: Path) -> Comparison:
         rows = r.get("per_seed") if isinstance(r, dict) else None
         if not isinstance(rows, list) or not all(isinstance(x, dict) and _num(x.get("mAP")) for x in rows):
             raise OsnasError(f"{path}: method {m!r}: expected 'per_seed' [{{seed, mAP}}, ...]")
+        if not all(_seeds_ok(x) for x in rows):
+            raise OsnasError(f"{path}: method {m!r}: 'mAP_seeds' must be a list of numbers (one per retrain seed)")
         if not _num(r.get("mean_position_agreement", 0.0)):
             raise OsnasError(f"{path}: method {m!r}: 'mean_position_agreement' must be a number")
     return Comparison(path=path.parent, data=d)
