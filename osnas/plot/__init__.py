@@ -18,10 +18,13 @@ The building blocks live beside this file (readers, search, results, common).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 from osnas.errors import OsnasError
 from osnas.plot.readers import Comparison, Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 FORMATS = ("png", "svg")
 
@@ -56,7 +59,7 @@ def load_inputs(runs: Sequence[str], metrics: Sequence[str] = ()) -> Tuple[list,
     return loaded, files
 
 
-def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "Figure"]]:  # noqa: F821
+def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "Figure"]]:
     """(file stem, matplotlib Figure) pairs, drawn one at a time."""
     from osnas.plot import results as R
     from osnas.plot import search as S
