@@ -265,3 +265,28 @@ def test_the_summary_says_why_each_candidate_was_kept():
     assert lines[2].split()[:3] == ["stem", "in", "40.00"] and lines[2].endswith("best; the others below it in SE: bn -5.4")
     assert lines[3].split()[:3] == ["conv2.0", "plain", "40.00"]
     assert "in_res +1.00 but within 1.2 SE: noise" in lines[3]
+
+
+def test_the_summary_warns_of_an_in_site_no_run_chose_alone():
+    """Pooling several runs shrinks the standard error: an IN site the runs choose together but
+    none alone (agreement 0) is named, an agreed one and a one-run genotype are not."""
+    import io
+
+    from osnas.derive import print_summary
+    from osnas.models.genotype import Genotype
+
+    def pos(choice):
+        return {"choice": choice, "probs": dict.fromkeys(NAMES, 0.25), "entropy": 1.39,
+                "scores": dict.fromkeys(NAMES, 0.4), "gap_se": dict.fromkeys(NAMES, 0.0)}
+
+    positions = {"conv2.0": pos("in_post"), "conv2.1": pos("in_res"), "conv3.0": pos("plain")}
+    g = Genotype(plan={}, name="g", positions=positions, select="retrieval-pooled", runs=["a", "b", "c"],
+                 agreement={"conv2.0": 0.0, "conv2.1": 0.67, "conv3.0": 0.0})
+    buf = io.StringIO()
+    print_summary(g, file=buf)
+    warn = [x for x in buf.getvalue().splitlines() if x.startswith("warning:")]
+    assert warn == [warn[0]] and warn[0].startswith("warning: conv2.0 in_post: chosen by the 3 runs together but by none")
+    g.runs = ["a"]
+    buf = io.StringIO()
+    print_summary(g, file=buf)
+    assert "warning:" not in buf.getvalue()

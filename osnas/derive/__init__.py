@@ -220,6 +220,13 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
             line += f"  {g.agreement.get(k, 1.0):>5.2f}  {v['entropy']:>5.3f}"
             print(line, file=file)
     print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=file)
+    # several runs pooled can pass a site no run picks alone (their pooled data shrink the standard
+    # error): on the test-bed's uniform supernets such a site lowered the retrained mAP (README)
+    orphans = [f"{k} {v['choice']}" for k, v in g.positions.items()
+               if len(g.runs) > 1 and g.agreement.get(k, 1.0) == 0 and v["choice"] not in ("bn", "plain", "none")]
+    if orphans:
+        print(f"warning: {', '.join(orphans)}: chosen by the {len(g.runs)} runs together but by none of them alone; "
+              "retrain the genotype with and without it, or derive each run alone and compare", file=file)
     c = g.cost
     if c:
         line = (f"cost ({c['backend']}, {c['method']}): predicted {c['relative']:.3f}x the all-BN network "
