@@ -420,15 +420,15 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
             lines.append(f"| {METHOD_TEXT[m]} | {r['same_genotype']} | {100 * r['mean_position_agreement']:.0f}% | "
                          f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f}"
                          + (f" (means: {r['min_percentile_resolved']:.0f})" if "min_percentile_resolved" in r else "")
-                         + f" | {tau} | "
-                         f"{_minutes(s, m)} |")
+                         + f" | {tau} | {_minutes(s, m)} |")
         lines += ["", "Per seed (held-out mAP, percentile among the yardstick, choices):", ""]
         for m, r in s["methods"].items():
             for row in r["per_seed"]:
                 seed = row["seed"] if row["seed"] is not None else "all"
                 ch = ", ".join(f"{k}={v}" for k, v in row["choices"].items())
                 means = (f"; mean of {len(row['mAP_seeds'])} retrains {_ms(row['mAP_seeds'])}, "
-                         f"{ordinal(row['percentile_resolved'])} among the yardstick's means" if "mAP_seeds" in row else "")
+                         f"{ordinal(row['percentile_resolved'])} among the yardstick's means"
+                         if "mAP_seeds" in row else "")
                 lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({ordinal(row['percentile'])}){means} — {ch}")
         lines += yardstick_section(s)
         lines += projection_section(s)

@@ -285,6 +285,12 @@ class Pool:
             self.ex.shutdown()
 
 
+def _once(jobs: list, done=()) -> list:
+    """The jobs whose run folder is not in `done`, one per folder (two jobs on one folder would
+    train into it at once; the later job of a folder is kept)."""
+    return list({j["out"]: j for j in jobs if j["out"] not in done}.values())
+
+
 def sample_architectures(space, n: int, seed: int) -> list:
     """n distinct architectures drawn uniformly from the space ({position: candidate})."""
     rng = random.Random(seed)
@@ -330,13 +336,13 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     arch.update({f"random{i:02d}": space.plan_for(c) for i, c in enumerate(randoms)})
     noise_seeds = list(range(1, sizes["noise_seeds"] + 1))
     yseeds = list(range(1, a.yardstick_seeds + 1))  # every yardstick architecture's retrain seeds
-    jobs = [dict(base, genotype=genotype_file(k, p), name=k, seed=s, out=str(out / "retrain" / _plan_id(p) / f"seed{s}"))
-            for k, p in arch.items() for s in yseeds]
+    jobs = [dict(base, genotype=genotype_file(k, p), name=k, seed=s,
+                 out=str(out / "retrain" / _plan_id(p) / f"seed{s}")) for k, p in arch.items() for s in yseeds]
     # OSNet-AIN (the noise floor, and the reference a search must beat) and plain OSNet (the answer
     # "no IN at all") with every noise seed
     jobs += [dict(base, genotype=n, name=n, seed=s, out=str(out / "retrain" / _plan_id(arch[n]) / f"seed{s}"))
              for n in ("osnet_ain", "osnet") for s in noise_seeds[1:]]
-    jobs = list({j["out"]: j for j in jobs}.values())  # a retrain both lists ask for runs once
+    jobs = _once(jobs)  # a retrain both lists ask for runs once
     res = pool.map(retrain_eval, jobs, f"{name}: noise floor and yardstick retrains")
     by_out = {j["out"]: r for j, r in zip(jobs, res)}
 
@@ -377,7 +383,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     xjobs = [dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=s,
                   out=str(out / "retrain" / _plan_id(d["plan"]) / f"seed{s}"))
              for j, d in zip(djobs, derived) if j["method"] == a.default for s in yseeds[1:]]
-    xjobs = list({j["out"]: j for j in xjobs if j["out"] not in by_out}.values())
+    xjobs = _once(xjobs, done=by_out)
     by_out.update({j["out"]: r for j, r in zip(xjobs, pool.map(retrain_eval, xjobs,
                                                                   f"{name}: the default's genotypes, more seeds"))})
 
@@ -401,7 +407,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
               for m in dict.fromkeys([a.default] + a.paired)}
     pjobs = [dict(base, genotype=genotype_file("default" if m == a.default else f"paired-{m}", p), name=m, seed=s,
                   out=str(out / "retrain" / _plan_id(p) / f"seed{s}")) for m, p in modals.items() for s in noise_seeds]
-    pjobs = list({j["out"]: j for j in pjobs if j["out"] not in by_out}.values())
+    pjobs = _once(pjobs, done=by_out)
     by_out.update({j["out"]: r for j, r in zip(pjobs, pool.map(retrain_eval, pjobs, f"{name}: paired retrains"))})
     modal = modals[a.default]
     paired = [(result(modal, s)["mAP"], result(arch["osnet_ain"], s)["mAP"]) for s in noise_seeds]
@@ -675,8 +681,9 @@ def main():
     # uniform-pooled: the uniform runs (1.03x a plain step) scored on one pooled gallery: on geometry the answer
     # "no IN" (BN stem 5/5, 91% agreement) at the 96th percentile or above in every seed (means of 3 retrains);
     # on style 86% agreement and the highest worst-seed percentile (74 by one retrain, tied; 83rd on means); on
-    # the synth family -1.9 +- 6.7 mAP from OSNet-AIN against -9.5 +- 3.9 by the batch score. retrieval-pooled agrees more on style (94%) but leans to late-block IN on
-    # geometry (86%, worst 83rd) at 1.5x a plain step (RESULTS.md)
+    # the synth family -1.9 +- 6.7 mAP from OSNet-AIN against -9.5 +- 3.9 by the batch score. retrieval-pooled
+    # agrees more on style (94%) but leans to late-block IN on geometry (86%, worst 83rd) at 1.5x a plain step
+    # (RESULTS.md)
     ap.add_argument("--default", default="uniform-pooled", choices=METHODS,
                     help="the method the paired test checks (its most frequent genotype)")
     ap.add_argument("--methods", default=",".join(METHODS),
