@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
     p.add_argument("--select", default=None, metavar="METHOD",
                    help="argmax | perturb | consensus | retrieval | retrieval-pooled (default: retrieval-pooled "
-                        "for runs of search.weight_step=uniform or search.objective=unseen, else argmax for one run "
-                        "and consensus for several)")
+                        "for runs of search.weight_step=uniform or sparse or search.objective=unseen, else argmax "
+                        "for one run and consensus for several)")
     p.add_argument("--out", default=None,
                    help="genotype file to write (default RUN/genotype.yaml; required with several runs)")
     p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")

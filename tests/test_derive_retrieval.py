@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY
 from osnas.cli import main
-from osnas.derive import load_run, run_derive
+from osnas.derive import load_run, load_supernet, run_derive
 from osnas.errors import OsnasError
 from osnas.metrics import evaluate_rank
 from osnas.models import build_model
@@ -144,6 +144,22 @@ def test_scorer_equals_the_standalone_derived_network_with_recalibrated_bn(runs)
     assert len(want) == len({int(i) for b in sc.val for i in b[1]})
     with pytest.raises(OsnasError, match="unknown retrieval gallery 'big'; valid: batch, pooled"):
         SubnetScorer(run, batches=2, gallery="big")
+
+
+def test_the_pooled_gallery_holds_each_image_once(runs):
+    """Beyond one pass over the unseen source its PK stream draws images again; a copy is its own
+    perfect match, so the pooled gallery keeps each image's first copy only."""
+    run = load_run(runs[1])
+    sc = SubnetScorer(run, batches=12, gallery="pooled")
+    index = [k for b in load_supernet(run, 12).val_index for k in b]  # every batch has a pair here
+    assert len(sc.val) == 12 and len(index) > len(set(index))  # the stream came round again
+    assert sc.first.tolist() == [k not in index[:j] for j, k in enumerate(index)]
+    path = [0, 2, 0, 0, 1, 0]
+    fwd = lambda x: sc.model(x, path=path)  # noqa: E731
+    with recalibrated_bn(sc.model, fwd, sc.calib), torch.no_grad():
+        f, pids = torch.cat([fwd(b[0]) for b in sc.val]), torch.cat([b[1] for b in sc.val])
+    assert sc.per_batch(path) == pytest.approx(identity_aps(f[sc.first], pids[sc.first]), abs=1e-5)
+    assert sc.per_batch(path) != pytest.approx(identity_aps(f, pids), abs=1e-5)  # the copies would count
 
 
 def test_recalibration_restores_the_statistics_and_the_mode(runs):

@@ -111,14 +111,33 @@ def test_uniform_paths_ignore_the_alphas():
     with torch.no_grad():
         sn.alphas[1].copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))  # the alphas would make in_res nearly certain
     gen = torch.Generator().manual_seed(0)
-    draws = collections.Counter(sn.sample_path(gen, uniform=True)[1] for _ in range(400))
+    draws = collections.Counter(sn.sample_path(gen, "uniform")[1] for _ in range(400))
     assert set(draws) == {0, 1, 2, 3} and all(60 <= n <= 140 for n in draws.values())
 
 
-def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys):
-    """weight_step=uniform: paths drawn uniformly, no alpha step, alphas as initialised; derive
+def test_sparse_paths_draw_every_number_of_in_positions_alike():
+    """weight_step=sparse: the number of positions holding IN is uniform over 0..7, each IN
+    position takes one of its IN candidates, the rest their no-IN candidate; the alphas play no part."""
+    sn = build_supernet("osnet_stem_blocks", arch=ARCH, num_classes=4)
+    with torch.no_grad():
+        sn.alphas[1].copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    draws = [sn.sample_path(gen, "sparse") for _ in range(1600)]
+    n_in = collections.Counter(sum(p.in_counts[c] > 0 for p, c in zip(sn.positions, d)) for d in draws)
+    assert set(n_in) == set(range(8)) and all(140 <= n <= 260 for n in n_in.values())  # 200 each expected
+    conv2 = collections.Counter(d[1] for d in draws)  # plain half the time, each IN candidate a sixth
+    assert 700 <= conv2[0] <= 900 and all(200 <= conv2[c] <= 340 for c in (1, 2, 3))
+    again = torch.Generator().manual_seed(0)
+    assert [sn.sample_path(again, "sparse") for _ in range(1600)] == draws
+    with pytest.raises(Exception, match="unknown path draw 'dense'; valid: alphas, uniform, sparse"):
+        sn.sample_path(gen, "dense")
+
+
+@pytest.mark.parametrize("step", ["uniform", "sparse"])
+def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys, step):
+    """weight_step=uniform (or sparse): single paths, no alpha step, alphas as initialised; derive
     defaults to --select retrieval-pooled and refuses to read the unmoved alphas by argmax."""
-    sets = SEARCH + ["search.weight_step=uniform"]
+    sets = SEARCH + [f"search.weight_step={step}"]
     a = run_search(data_root=str(synth_root), out=str(tmp_path / "a"), overrides=sets)
     h = read_history(a)
     assert len(h) == 6 and all(r["alphas"] == h[0]["alphas"] for r in h)
@@ -132,15 +151,18 @@ def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_
     capsys.readouterr()
     assert main(["derive", "--run", str(a), "--select", "argmax", "--out", str(tmp_path / "g.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "weight_step=uniform" in err[0] and "--select retrieval-pooled" in err[0]
+    assert len(err) == 1 and f"weight_step={step}" in err[0] and "--select retrieval-pooled" in err[0]
     assert not (tmp_path / "g.yaml").exists()
 
 
 @pytest.mark.parametrize("sets,needle", [
-    (["search.weight_step=single_path"], "search.weight_step='single_path': expected one of mixed, sampled, uniform"),
+    (["search.weight_step=single_path"],
+     "search.weight_step='single_path': expected one of mixed, sampled, uniform, sparse"),
     (["search.weight_step=sampled", "search.order=single"], "search.weight_step=sampled needs a bilevel search"),
     (["search.weight_step=uniform", "search.cost_table=proxy", "search.cost_budget=1.02"],
      "search.weight_step=uniform never steps them"),
+    (["search.weight_step=sparse", "search.cost_table=proxy", "search.cost_budget=1.02"],
+     "search.weight_step=sparse never steps them"),
 ])
 def test_bad_weight_step_settings_exit_2(synth_root, tmp_path, capsys, sets, needle):
     rc = main(["search", "--data-root", str(synth_root), "--out", str(tmp_path / "x")]

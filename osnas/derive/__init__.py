@@ -53,6 +53,7 @@ from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_super
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
 from osnas.rundir import GENOTYPE
+from osnas.search.bilevel import FROZEN_STEPS
 
 __all__ = ["SELECTORS", "DEFAULT_BATCHES", "derive", "run_derive", "derive_from_run", "apply_budget", "print_summary",
            # the pieces, for scripts and tests: reading runs, and the selection methods
@@ -90,7 +91,7 @@ def default_select(searched: Sequence) -> str:
     seeds and the worst seed's percentile among random architectures in 3 of 4 comparisons each,
     and on the demo's synth domains (where one batch's retrieval saturates) found the IN stem the
     batch score missed: experiments/synthetic/RESULTS.md, RESULTS_synth_recipes.md."""
-    if any(s.weight_step == "uniform" or s.objective == "unseen" for s in searched):
+    if any(s.weight_step in FROZEN_STEPS or s.objective == "unseen" for s in searched):
         return "retrieval-pooled"
     return "argmax" if len(searched) == 1 else "consensus"
 
@@ -118,10 +119,11 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
     _check_same_space(runs)
     # runs of a uniform single-path search never stepped their alphas: only their supernet has an answer
     searched = [run_config(r).search for r in runs]
-    uniform = [r for r, s in zip(runs, searched) if s.weight_step == "uniform"]
+    frozen = [(r, s) for r, s in zip(runs, searched) if s.weight_step in FROZEN_STEPS]
     select = select or default_select(searched)
-    if uniform and select in ("argmax", "consensus"):
-        raise OsnasError(f"{uniform[0].path} searched with search.weight_step=uniform: its alphas never moved, so "
+    if frozen and select in ("argmax", "consensus"):
+        r, s = frozen[0]
+        raise OsnasError(f"{r.path} searched with search.weight_step={s.weight_step}: its alphas never moved, so "
                          f"{select} has nothing to read; derive it with --select retrieval-pooled (the default)")
     batches = DEFAULT_BATCHES.get(select, 4) if batches is None else batches
     g = SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)

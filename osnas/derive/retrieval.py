@@ -152,7 +152,15 @@ class SubnetScorer:
         self.gallery = gallery
         sc = load_supernet(run, batches, data_root, device, weight_batches=True)
         self.model, self.calib, self.device = sc.model, sc.calib, sc.device
-        self.val = [b for b in sc.val if len(set(b[1].tolist())) < len(b[1])]
+        keep = [i for i, b in enumerate(sc.val) if len(set(b[1].tolist())) < len(b[1])]
+        self.val = [sc.val[i] for i in keep]
+        # pooled: each image once. A PK stream draws an image again once it has been through the
+        # source (beyond about one epoch of it); an image's copy is its own perfect match, which
+        # would inflate every subnet's AP alike and shrink the differences the gate tests
+        self.first = None  # (N,) bool over the pooled images: the first copy of each
+        if sc.val_index:
+            seen: set = set()
+            self.first = torch.tensor([k not in seen and not seen.add(k) for i in keep for k in sc.val_index[i]])
         if len(self.val) < 2:  # one batch gives no standard error: no difference could be told from noise
             raise OsnasError(f"{run.path}: retrieval needs at least 2 validation batches with two images of one "
                              f"identity to estimate its noise; {len(self.val)} of the {len(sc.val)} have "
@@ -170,7 +178,10 @@ class SubnetScorer:
             with recalibrated_bn(self.model, fwd, self.calib), torch.no_grad():
                 feats = [fwd(b[0]) for b in self.val]  # per batch (B, D)
             if self.gallery == "pooled":
-                self.cache[key] = identity_aps(torch.cat(feats), torch.cat([b[1] for b in self.val]))
+                f, pids = torch.cat(feats), torch.cat([b[1] for b in self.val]).cpu()
+                if self.first is not None:
+                    f, pids = f[self.first.to(f.device)], pids[self.first]
+                self.cache[key] = identity_aps(f, pids)
             else:
                 self.cache[key] = [batch_retrieval_map(f, b[1]) for f, b in zip(feats, self.val)]
         return self.cache[key]
@@ -234,11 +245,6 @@ def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity:
     return path, [f[1] for f in final], [f[2] for f in final], sweeps
 
 
-def in_sites(position) -> List[int]:
-    """Per candidate of a space position, how many of its sites it sets to IN."""
-    return [sum(op == "in" for op in position.candidates[n].values()) for n in position.names]
-
-
 def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = None, device: str = "auto",
                      gallery: str = "batch", **_):
     """The subnet of best held-out retrieval mAP (module docstring), as a genotype.
@@ -247,7 +253,7 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
     validation batches), `positions[p]["gap_se"]` its distance below the best in standard
     errors; `run_scores` per run with several runs."""
     space = runs[0].space
-    simplicity = [in_sites(p) for p in space.positions]
+    simplicity = [p.in_counts for p in space.positions]
     scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
     pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
     start = [min(range(len(s)), key=lambda c: (s[c], c)) for s in simplicity]  # no IN: the null answer

@@ -144,6 +144,7 @@ class Scoring:
     val: list  # the alpha batches: N per source the alpha step draws from
     calib: Optional[list]  # the weight batches of the same steps (when asked for)
     device: torch.device
+    val_index: Optional[list] = None  # per alpha batch, the dataset index of each image (a PK stream repeats images)
 
 
 def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto",
@@ -178,4 +179,5 @@ def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None
     def load(keys):
         return [[t.to(dev) for t in b] for b in batch_loader(data.dataset, keys, 0)]
 
-    return Scoring(model.to(dev).eval(), data, load(plan[1::2]), load(plan[0::2]) if weight_batches else None, dev)
+    return Scoring(model.to(dev).eval(), data, load(plan[1::2]), load(plan[0::2]) if weight_batches else None, dev,
+                   [[int(k[0]) for k in keys] for keys in plan[1::2]])

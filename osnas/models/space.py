@@ -46,6 +46,11 @@ class Position:
     def sites(self) -> List[str]:
         return list(next(iter(self.candidates.values())))
 
+    @property
+    def in_counts(self) -> List[int]:
+        """Per candidate (in `names` order), how many of its sites it sets to IN."""
+        return [sum(op == "in" for op in self.candidates[n].values()) for n in self.names]
+
 
 @dataclass
 class SearchSpace:

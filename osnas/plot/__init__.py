@@ -75,7 +75,7 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
             yield f"alpha_trajectories{suffix(r)}", S.alpha_trajectories(r)
             yield f"entropy{suffix(r)}", S.entropy(r)
         elif r.retrieval is None:
-            R.note(f"{r.path}: its alphas never moved (search.weight_step=uniform); its answer comes from "
+            R.note(f"{r.path}: its alphas never moved (search.weight_step=uniform or sparse); its answer comes from "
                    f"osnas derive --run {r.path} (retrieval-pooled), whose scores are plotted once derived")
         if r.retrieval is not None:
             yield f"retrieval_scores{suffix(r)}", S.retrieval_scores(r)

@@ -51,7 +51,7 @@ class SearchRun:
 
     @property
     def alphas_moved(self) -> bool:
-        """False for a run whose alphas never left their start (search.weight_step=uniform): its
+        """False for a run whose alphas never left their start (search.weight_step=uniform, sparse): its
         alpha figures would show nothing, its answer is in the derived genotype."""
         first = {k: v[0] for k, v in self.history.probs.items()}  # (C,) per position
         return (any(float(np.ptp(v, axis=0).max()) > 0 for v in self.history.probs.values())

@@ -13,6 +13,8 @@ With `search.weight_step=uniform` the path is drawn uniformly and no alpha step 
 (single-path one-shot NAS, Guo et al., ECCV 2020): the run trains a supernet whose subnets
 all learn alike, to be asked afterwards which subnet is best (`osnas derive --select
 retrieval`); its alphas never move, so there is nothing for argmax or consensus to read.
+`search.weight_step=sparse` is the same with paths whose number of IN positions is drawn
+uniformly (supernet.py `sample_path`), so the few-IN subnets derive starts from are trained too.
 Alphas are frozen for the first `search.warmup_epochs`, then step every `search.alpha_every`
 weight steps; `search.entropy_weight` adds a growing entropy penalty to the alpha loss, and a
 deployment budget (`search.cost_budget` on `search.cost_table`, budget.py) scales it when the
@@ -46,8 +48,9 @@ from osnas.training import batch_loader, build_optimizer, lr_factor, set_lr
 from osnas.utils import atomic_write_text, log, read_jsonl, write_json
 
 LOSSES = ("id", "triplet", "both")
-WEIGHT_STEPS = ("mixed", "sampled", "uniform")
-PATH_STEPS = ("sampled", "uniform")  # weight steps that train one path per step
+WEIGHT_STEPS = ("mixed", "sampled", "uniform", "sparse")
+PATH_STEPS = {"sampled": "alphas", "uniform": "uniform", "sparse": "sparse"}  # one path per step: how it is drawn
+FROZEN_STEPS = ("uniform", "sparse")  # single-path one-shot: no alpha step, derive asks the supernet
 
 
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
@@ -103,7 +106,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
 
         total_steps = s.epochs * s.steps_per_epoch
         one_path = s.weight_step in PATH_STEPS
-        uniform = s.weight_step == "uniform"  # paths drawn uniformly, and no alpha step at all
+        uniform = s.weight_step in FROZEN_STEPS  # paths drawn uniformly (or sparse), and no alpha step at all
 
         def alphas_step(ep: int, step: int) -> bool:  # does this step update the alphas?
             return not uniform and ep >= s.warmup_epochs and step % s.alpha_every == 0
@@ -137,9 +140,10 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 # 2. weight step on the training batch
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
-                # sampled / uniform: one candidate per position, drawn from the alphas or uniformly (the
+                # sampled / uniform / sparse: one candidate per position, drawn from the alphas or not (the
                 # same on every DDP rank and after a resume: the generator is seeded by the seed and step)
-                path = model.sample_path(step_generator(run.seed, global_step), uniform) if one_path else None
+                path = model.sample_path(step_generator(run.seed, global_step), PATH_STEPS[s.weight_step]) \
+                    if one_path else None
                 loss = loss_w_fn(wrapped, wb, path)
                 loss_w = run.check(loss, f"search step {global_step}")
                 single = alphas_on and s.order == "single"  # single-level: alphas follow the training loss
@@ -233,10 +237,10 @@ def validate_search_config(cfg: Config) -> SearchSpace:
     if s.weight_step == "sampled" and s.order == "single":
         raise OsnasError("search.weight_step=sampled needs a bilevel search (search.order first or second): the "
                          "single-level search steps the alphas through the weight step's mixture")
-    if s.weight_step == "uniform" and s.cost_budget > 0:
-        raise OsnasError(f"search.cost_budget={s.cost_budget:g} acts on the alphas, and search.weight_step=uniform "
-                         "never steps them: search with weight_step sampled or mixed, or derive within a budget "
-                         "(osnas derive --cost-budget)")
+    if s.weight_step in FROZEN_STEPS and s.cost_budget > 0:
+        raise OsnasError(f"search.cost_budget={s.cost_budget:g} acts on the alphas, and "
+                         f"search.weight_step={s.weight_step} never steps them: search with weight_step sampled or "
+                         "mixed, or derive within a budget (osnas derive --cost-budget)")
     if s.objective == "unseen" and s.alpha_loss != "triplet":
         raise OsnasError(f"search.objective=unseen judges alphas on identities the classifier never saw: it needs "
                          f"search.alpha_loss=triplet, got {s.alpha_loss}")
