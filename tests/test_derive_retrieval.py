@@ -18,7 +18,7 @@ from osnas.models import build_model
 from osnas.models.genotype import load_genotype
 from osnas.search.bilevel import run_search
 from osnas.derive.retrieval import (SubnetScorer, batch_retrieval_map, coordinate_ascent, identity_aps, pick,
-                                   query_aps, recalibrated_bn)
+                                   query_aps, recalibrated_bn, supported)
 
 SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
 NAMES = ["plain", "in_res", "in_post", "both"]
@@ -113,6 +113,28 @@ def test_coordinate_ascent_finds_the_optimum_of_a_separable_score():
 def test_coordinate_ascent_stays_without_in_when_nothing_beats_it():
     path, means, gaps, sweeps = coordinate_ascent(lambda p: [0.0, 0.1], [[0, 1, 2], [0, 1]], start=[0, 0])
     assert path == [0, 0] and sweeps == 1 and means == [[0.05] * 3, [0.05] * 2]
+
+
+def test_pick_among_allowed_candidates_keeps_the_gaps_to_the_best_of_all():
+    rows = [[0.0, 0.0, 0.0], [5.0, 5.1, 4.9], [1.0, 1.1, 0.9]]  # candidate 1 best by far, 2 next
+    choice, gaps = pick(rows, [0, 1, 1], allowed=[0, 2])
+    assert choice == 2 and gaps[1] == 0 and gaps[2] > 2  # chosen among 0 and 2; gaps against 1
+    assert pick(rows, [0, 1, 1])[0] == 1
+
+
+def test_pooled_runs_take_no_candidate_that_no_run_picks_alone():
+    """Two runs whose IN gain is inside each one's noise (t = 1.7) pass the gate pooled
+    (t = 2.6); with the runs' own scores the position keeps no IN. One run that picks it alone
+    is support enough."""
+    weak = lambda p: [x * p[0] for x in [1.0, 0.0, 1.0, 0.0]]  # noqa: E731
+    strong = lambda p: [x * p[0] for x in [1.0, 0.9, 1.0, 0.8]]  # noqa: E731
+    simplicity = [[0, 1], [0, 1]]
+    assert coordinate_ascent(lambda p: weak(p) + weak(p), simplicity, [0, 0])[0] == [1, 0]
+    assert coordinate_ascent(lambda p: weak(p) + weak(p), simplicity, [0, 0], run_scores=[weak, weak])[0] == [0, 0]
+    assert coordinate_ascent(lambda p: weak(p) + strong(p), simplicity, [0, 0], run_scores=[weak, strong])[0] == [1, 0]
+    rows = lambda f: [f([0, 0]), f([1, 0])]  # noqa: E731
+    assert supported([rows(weak), rows(weak)], [0, 1]) == [0]
+    assert supported([rows(weak), rows(strong)], [0, 1]) == [0, 1]
 
 
 # ----------------------------------------------------------------------------- recalibration
@@ -281,6 +303,11 @@ def test_the_summary_says_why_each_candidate_was_kept():
     assert lines[2].split()[:3] == ["stem", "in", "40.00"] and lines[2].endswith("best; the others below it in SE: bn -5.4")
     assert lines[3].split()[:3] == ["conv2.0", "plain", "40.00"]
     assert "in_res +1.00 but within 1.2 SE: noise" in lines[3]
+    pos["conv2.0"]["supported"] = ["plain", "in_post"]  # several runs: in_res was no run's own pick
+    g = Genotype(plan={"stem": "in"}, name="g", positions=pos, select="retrieval", runs=["a", "b"])
+    buf = io.StringIO()
+    print_summary(g, file=buf)
+    assert "in_res +1.00 pooled, but no run chose it alone" in buf.getvalue().splitlines()[3]
 
 
 def test_the_summary_warns_of_an_in_site_no_run_chose_alone():

@@ -160,3 +160,15 @@ def test_summarise_places_only_the_default_by_the_means_of_its_retrains():
                                      (22, "22nd"), (83.0, "83rd"), (91.3, "91st"), (100, "100th"), (0, "0th")])
 def test_percentiles_are_written_as_ordinals(v, text):
     assert results_protocol.ordinal(v) == text
+
+
+def test_a_pair_method_costs_both_of_its_searches_per_seed():
+    """pair-pooled derives from two searches per seed: its search time is their sum, seed by seed,
+    and a seed whose time is unknown (NaN) in either is left out."""
+    from run_protocol import searches_of
+
+    assert searches_of("pair-pooled") == ("uniform", "sampled-unseen") and searches_of("uniform") == ("uniform",)
+    s = {"search_minutes": {"uniform": [2.0, 2.2, float("nan")], "sampled-unseen": [1.5, 1.3, 1.4]},
+         "methods": {"pair-pooled": {"per_seed": [{"derive_seconds": 60.0}, {"derive_seconds": 120.0}]}}}
+    assert results_protocol._minutes(s, "pair-pooled") == "3.5 per seed + 1.5 derive"
+    assert results_protocol._minutes(s, "uniform") == "2.1 per seed + derive"  # its derive time unknown here

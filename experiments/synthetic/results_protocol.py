@@ -24,6 +24,8 @@ METHOD_TEXT = {
     "retrieval-pooled": "(b'+) the (c'+e) runs, derived by retrieval-pooled: the validation batches as one gallery",
     "uniform": "(b'') single-path weight steps drawn uniformly, no alpha step, 350 steps (same budget); retrieval",
     "uniform-pooled": "(b''') the (b'') runs, derived by retrieval-pooled: the validation batches as one gallery",
+    "pair-pooled": "(f) per seed, the (b'') and the (c'+e) run derived together by retrieval-pooled; a position "
+                   "takes only a candidate one of them picks alone (twice the budget)",
 }
 
 
@@ -258,9 +260,11 @@ def _search_step_ratios() -> dict:
 
 
 def _minutes(s: dict, method: str) -> str:
-    from run_protocol import METHOD_SEARCH, SELECT  # the search variant each method reads its genotype from
+    from run_protocol import METHOD_SEARCH, SELECT, searches_of  # the searches each method reads its genotype from
 
-    mins = [v for v in s.get("search_minutes", {}).get(METHOD_SEARCH.get(method, ""), []) if v == v]
+    minutes = s.get("search_minutes", {})
+    per_search = [minutes.get(v, []) for v in searches_of(method)] if method in METHOD_SEARCH else []
+    mins = [sum(t) for t in zip(*per_search) if all(x == x for x in t)]  # per seed, over the method's searches
     if not mins:
         return "–"
     per = f"{statistics.mean(mins):.1f} per seed"

@@ -209,7 +209,7 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
         for k, v in g.positions.items():
             c = v["choice"]
             print(f"  {k:<{width}}  {c:<{cw}}  {100 * v['scores'][c]:>6.2f}  {g.agreement.get(k, 1.0):>5.2f}  "
-                  + _retrieval_why(c, v["scores"], v["gap_se"]), file=file)
+                  + _retrieval_why(c, v["scores"], v["gap_se"], v.get("supported")), file=file)
     else:
         perturb = any("scores" in v for v in g.positions.values())
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'prob':>6}" + (f"  {'drop':>10}" if perturb else "")
@@ -223,7 +223,9 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
             print(line, file=file)
     print(f"IN at: {', '.join(g.in_sites()) or 'nowhere'}", file=file)
     # several runs pooled can pass a site no run picks alone (their pooled data shrink the standard
-    # error): on the test-bed's uniform supernets such a site lowered the retrained mAP (README)
+    # error): on the test-bed's uniform supernets such a site lowered the retrained mAP (README).
+    # Retrieval now chooses among the candidates some run picks (retrieval.supported); a file
+    # derived before that, or by an ascent that ran out of sweeps, can still hold one
     orphans = [f"{k} {v['choice']}" for k, v in g.positions.items()
                if len(g.runs) > 1 and g.agreement.get(k, 1.0) == 0 and v["choice"] not in ("bn", "plain", "none")]
     if orphans:
@@ -242,8 +244,11 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
             print(f"  over budget: {sw['position']} {sw['from']} -> {sw['to']} (saves {sw['saved']:.4f})", file=file)
 
 
-def _retrieval_why(choice: str, scores: Dict[str, float], gaps: Dict[str, float]) -> str:
+def _retrieval_why(choice: str, scores: Dict[str, float], gaps: Dict[str, float],
+                   supported: List[str] | None = None) -> str:
     best = max(scores, key=lambda c: scores[c])
+    if supported is not None and best not in supported and scores[best] > scores[choice]:
+        return f"{best} {100 * (scores[best] - scores[choice]):+.2f} pooled, but no run chose it alone"
     if best != choice and scores[best] > scores[choice]:
         return (f"{best} {100 * (scores[best] - scores[choice]):+.2f} but within {gaps[choice]:.1f} SE: "
                 "noise, the fewer IN sites kept")

@@ -40,7 +40,10 @@ IBN-Net", ECCV 2018); a best-first ascent, which moves the position furthest bey
 was measured and rejected (README, "Search options that decide how trustworthy the answer is").
 With several runs the per-batch scores of all runs' supernets are pooled (one ascent), and a
 position's agreement is the fraction of runs whose own scores pick the chosen candidate at the
-final point.
+final point. Pooling shrinks the standard error, and it can pass a candidate no run picks on its
+own scores, on the runs' biases added up: a position then chooses only among the simplest
+candidate and those some run picks alone (`supported`), so pooled data decide between the runs'
+answers but do not make a new one.
 
 retrieval-pooled (derive's default for uniform and unseen-objective runs) pools the validation
 batches into one gallery (`identity_aps`) and takes each identity's mean query AP as the paired
@@ -199,36 +202,63 @@ def _mean_se(xs: Sequence[float]) -> Tuple[float, float]:
     return m, (sum((x - m) ** 2 for x in xs) / (n - 1) / n) ** 0.5
 
 
-def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = Z) -> Tuple[int, List[float]]:
+def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = Z,
+         allowed: Sequence[int] | None = None) -> Tuple[int, List[float]]:
     """The simplest candidate whose score is not worse than the best beyond `z` standard errors.
 
     rows[c]: candidate c's per-batch scores (paired across candidates); simplicity[c]: its IN
     sites (fewer = simpler). The best is the largest mean; a candidate is within the noise when
     the mean of its paired per-batch difference to the best is at most z times that mean's
     standard error. Among those, the fewest IN sites, then the larger mean, then the earlier.
+    `allowed`: choose among these candidates only (their best is then the reference), the gaps
+    still reported against the best of all.
     Returns (choice, per candidate: that difference in standard errors, 0 for the best)."""
     means = [sum(r) / len(r) for r in rows]
-    best = max(range(len(rows)), key=lambda c: (means[c], -simplicity[c], -c))
-    gaps = []
-    for c, r in enumerate(rows):
-        m, se = _mean_se([b - x for b, x in zip(rows[best], r)])
-        gaps.append(0.0 if m == 0 else (m / se if se > 0 else float("inf")))
-    within = [c for c in range(len(rows)) if gaps[c] <= z]
+    cands = range(len(rows)) if allowed is None else sorted(set(allowed))
+
+    def gaps_to(best):
+        out = []
+        for r in rows:
+            m, se = _mean_se([b - x for b, x in zip(rows[best], r)])
+            out.append(0.0 if m == 0 else (m / se if se > 0 else float("inf")))
+        return out
+
+    def best_of(cs):
+        return max(cs, key=lambda c: (means[c], -simplicity[c], -c))
+
+    gaps = gaps_to(best_of(range(len(rows))))
+    ref = gaps if allowed is None else gaps_to(best_of(cands))
+    within = [c for c in cands if ref[c] <= z]
     return min(within, key=lambda c: (simplicity[c], -means[c], c)), gaps
 
 
+def supported(run_rows: Sequence[Sequence[Sequence[float]]], simplicity: Sequence[int], z: float = Z) -> List[int]:
+    """The candidates of one position that several runs may pool over: the simplest, and each
+    run's own `pick` on its own scores (run_rows[r][c]: run r's per-unit scores of candidate c).
+    Pooled units shrink the standard error, and a candidate no run picks alone can pass the pooled
+    gate on the runs' summed biases: on the test-bed such sites lowered the retrained mAP."""
+    simplest = min(range(len(simplicity)), key=lambda c: (simplicity[c], c))
+    return sorted({simplest} | {pick(rows, simplicity, z)[0] for rows in run_rows})
+
+
 def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity: Sequence[Sequence[int]],
-                      start: Sequence[int], z: float = Z, sweeps: int = SWEEPS):
+                      start: Sequence[int], z: float = Z, sweeps: int = SWEEPS,
+                      run_scores: Sequence[Callable[[List[int]], List[float]]] = ()):
     """Improve the path one position at a time by `pick`. simplicity[i][c]: IN sites of
-    candidate c at position i. Returns (path, means, gaps, sweeps run), means[i][c] = the mean
-    score with position i set to c and the others at the returned path (from the last sweep,
-    so they describe the final point), gaps[i][c] its distance to the best in standard errors."""
+    candidate c at position i. With several runs (`run_scores`: each run's own per-unit scores;
+    `per_batch` their pooled units) a position chooses among the `supported` candidates only.
+    Returns (path, means, gaps, sweeps run), means[i][c] = the mean score with position i set to
+    c and the others at the returned path (from the last sweep, so they describe the final
+    point), gaps[i][c] its distance to the best in standard errors."""
     path = [int(c) for c in start]
     sizes = [len(s) for s in simplicity]
 
     def position(i):
-        rows = [per_batch(path[:i] + [c] + path[i + 1:]) for c in range(sizes[i])]
-        choice, gaps = pick(rows, simplicity[i], z)
+        paths = [path[:i] + [c] + path[i + 1:] for c in range(sizes[i])]
+        rows = [per_batch(p) for p in paths]
+        allowed = supported([[f(p) for p in paths] for f in run_scores], simplicity[i], z) \
+            if len(run_scores) > 1 else None
+        choice, gaps = pick(rows, simplicity[i], z, allowed)
         return choice, [sum(r) / len(r) for r in rows], gaps
 
     for sweep in range(1, sweeps + 1):
@@ -251,13 +281,14 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
 
     `positions[p]["scores"]` = each candidate's mAP at the final point (mean over the runs'
     validation batches), `positions[p]["gap_se"]` its distance below the best in standard
-    errors; `run_scores` per run with several runs."""
+    errors; with several runs `run_scores` per run, and `supported`: the candidates the choice
+    was made among (the simplest and each run's own pick at the final point, `supported`)."""
     space = runs[0].space
     simplicity = [p.in_counts for p in space.positions]
     scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
     pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
     start = [min(range(len(s)), key=lambda c: (s[c], c)) for s in simplicity]  # no IN: the null answer
-    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start)
+    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, run_scores=[sc.per_batch for sc in scorers])
     rnd = 6
 
     def alt(i, c):
@@ -271,6 +302,7 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
              "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}}
         if len(runs) > 1:
             e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
+            e["supported"] = [p.names[c] for c in sorted({start[i]} | {rc[i] for rc in per_run})]
         extra.append(e)
     probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
     name = next(s for s, g in GALLERIES.items() if g == gallery)
