@@ -240,12 +240,13 @@ def supernet_scores(job: dict) -> list:
     cache = Path(runs[0]) / f"scores_{_plan_id(key)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    run = load_run(runs[0])
+    loaded = [load_run(r) for r in runs]
+    run = loaded[0]
     space = run.space
     out = []
     if scorer_kind in GALLERIES:  # "retrieval" scores within each batch, "retrieval-pooled" pooled
-        subnets = [SubnetScorer(load_run(r), batches=job["batches"], data_root=job["root"],
-                                gallery=GALLERIES[scorer_kind]) for r in runs]
+        subnets = [SubnetScorer(r, batches=job["batches"], data_root=job["root"], gallery=GALLERIES[scorer_kind])
+                   for r in loaded]
         for c in job["choices"]:
             path = [p.names.index(c[p.name]) for p in space.positions]
             units = [x for sc in subnets for x in sc.per_batch(path)]

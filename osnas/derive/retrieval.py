@@ -161,7 +161,7 @@ class SubnetScorer:
         # source (beyond about one epoch of it); an image's copy is its own perfect match, which
         # would inflate every subnet's AP alike and shrink the differences the gate tests
         self.first = None  # (N,) bool over the pooled images: the first copy of each
-        if sc.val_index:
+        if gallery == "pooled" and sc.val_index:
             seen: set = set()
             self.first = torch.tensor([k not in seen and not seen.add(k) for i in keep for k in sc.val_index[i]])
         if len(self.val) < 2:  # one batch gives no standard error: no difference could be told from noise
@@ -226,8 +226,9 @@ def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = 
     def best_of(cs):
         return max(cs, key=lambda c: (means[c], -simplicity[c], -c))
 
-    gaps = gaps_to(best_of(range(len(rows))))
-    ref = gaps if allowed is None else gaps_to(best_of(cands))
+    best = best_of(range(len(rows)))
+    gaps = gaps_to(best)
+    ref = gaps if best_of(cands) == best else gaps_to(best_of(cands))
     within = [c for c in cands if ref[c] <= z]
     return min(within, key=lambda c: (simplicity[c], -means[c], c)), gaps
 
@@ -287,22 +288,24 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
     simplicity = [p.in_counts for p in space.positions]
     scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
     pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
-    start = [min(range(len(s)), key=lambda c: (s[c], c)) for s in simplicity]  # no IN: the null answer
+    start = [p.simplest for p in space.positions]  # no IN: the null answer
     chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, run_scores=[sc.per_batch for sc in scorers])
     rnd = 6
 
     def alt(i, c):
         return [*chosen[:i], c, *chosen[i + 1:]]
 
-    per_run = [[pick([sc.per_batch(alt(i, c)) for c in range(len(s))], s)[0] for i, s in enumerate(simplicity)]
-               for sc in scorers]
+    def run_rows(sc, i):  # one run's scores of every candidate at position i, the others at the final point
+        return [sc.per_batch(alt(i, c)) for c in range(len(simplicity[i]))]
+
+    per_run = [[pick(run_rows(sc, i), s)[0] for i, s in enumerate(simplicity)] for sc in scorers]
     extra = []
     for i, p in enumerate(space.positions):
         e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
              "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}}
         if len(runs) > 1:
             e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
-            e["supported"] = [p.names[c] for c in sorted({start[i]} | {rc[i] for rc in per_run})]
+            e["supported"] = [p.names[c] for c in supported([run_rows(sc, i) for sc in scorers], simplicity[i])]
         extra.append(e)
     probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
     name = next(s for s, g in GALLERIES.items() if g == gallery)

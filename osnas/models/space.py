@@ -51,6 +51,13 @@ class Position:
         """Per candidate (in `names` order), how many of its sites it sets to IN."""
         return [sum(op == "in" for op in self.candidates[n].values()) for n in self.names]
 
+    @property
+    def simplest(self) -> int:
+        """The index of the candidate with the fewest IN sites (the first of equals): no IN, where
+        the position offers it."""
+        c = self.in_counts
+        return min(range(len(c)), key=lambda k: (c[k], k))
+
 
 @dataclass
 class SearchSpace:

@@ -127,7 +127,7 @@ class Supernet(nn.Module):
 
     def _sparse_path(self, generator: Optional[torch.Generator]) -> List[int]:
         counts = [p.in_counts for p in self.positions]
-        path = [min(range(len(c)), key=lambda k: (c[k], k)) for c in counts]  # per position: fewest IN sites
+        path = [p.simplest for p in self.positions]  # per position: fewest IN sites
         more = [[k for k in range(len(c)) if c[k] > c[path[i]]] for i, c in enumerate(counts)]
         free = [i for i, m in enumerate(more) if m]  # positions that can take more IN
         n_in = int(torch.randint(len(free) + 1, (1,), generator=generator))

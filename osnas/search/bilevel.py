@@ -106,10 +106,10 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
 
         total_steps = s.epochs * s.steps_per_epoch
         one_path = s.weight_step in PATH_STEPS
-        uniform = s.weight_step in FROZEN_STEPS  # paths drawn uniformly (or sparse), and no alpha step at all
+        frozen = s.weight_step in FROZEN_STEPS  # paths drawn uniformly (or sparse), and no alpha step at all
 
         def alphas_step(ep: int, step: int) -> bool:  # does this step update the alphas?
-            return not uniform and ep >= s.warmup_epochs and step % s.alpha_every == 0
+            return not frozen and ep >= s.warmup_epochs and step % s.alpha_every == 0
 
         def needs_alpha_batch(ep: int, step: int) -> bool:  # only the bilevel alpha step reads one
             return alphas_step(ep, step) and s.order != "single"
@@ -123,7 +123,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
             n = s.steps_per_epoch - step_in_epoch
             plan = data.plan_steps(global_step, n)  # [weight, alpha] per step; the streams move alike either way
             # an alpha batch is read only for steps that take a bilevel alpha step (not while the
-            # alphas are frozen, between alpha_every steps, or ever with weight_step=uniform)
+            # alphas are frozen, between alpha_every steps, or ever with weight_step uniform or sparse)
             keys = [k for j, k in enumerate(plan) if j % 2 == 0 or needs_alpha_batch(epoch, global_step + j // 2)]
             batches = iter(batch_loader(data.dataset, keys, d.workers))
             for _ in range(n):
@@ -167,9 +167,9 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
                 if global_step % cfg.run.log_every == 0 and ctx.is_main:
                     log.info(f"epoch {epoch} step {global_step}/{total_steps} loss_w {loss_w:.4f}"
                              + (f" loss_a {loss_a:.4f}" if loss_a is not None else "") + " | "
-                             + ("path " if uniform else "")  # uniform: the alphas never move, show the path
-                             + " ".join(f"{p.name}:{p.names[c] if uniform else c}" for p, c in
-                                        zip(model.positions, path if uniform else model.choices().values())))
+                             + ("path " if frozen else "")  # the alphas never move: show the path
+                             + " ".join(f"{p.name}:{p.names[c] if frozen else c}" for p, c in
+                                        zip(model.positions, path if frozen else model.choices().values())))
                 if run.stop_requested:
                     del batches  # stops the loader's workers
                     data.rewind(global_step)  # the streams as they stand at this step, not at the epoch's end
@@ -182,7 +182,7 @@ def search(cfg: Config, run_dir: Path, resume: bool, ctx) -> Path:
     def finish():
         g = model.genotype(sources=data.domains, seed=run.seed, step=global_step)
         write_json(run_dir / FINAL_ALPHAS, g.to_dict())
-        if not uniform:
+        if not frozen:
             log.info("final choices: " + ", ".join(f"{k}={v['choice']} ({max(v['probs'].values()):.2f})"
                                                     for k, v in g.positions.items()))
         log.info(f"done: {run_dir} (derive with: osnas derive --run {run_dir})")
