@@ -72,3 +72,18 @@ def test_pareto_front_keeps_only_undominated_points():
     pts = [(1.0, 5.0), (2.0, 4.0), (2.0, 7.0), (3.0, 7.0), (4.0, 9.0), (0.5, 1.0)]
     # (2, 4) is beaten by (1, 5); (3, 7) ties (2, 7) on mAP at a higher latency
     assert [pts[i] for i in pareto_front(pts)] == [(0.5, 1.0), (1.0, 5.0), (2.0, 7.0), (4.0, 9.0)]
+
+
+def test_every_protocol_method_gets_its_own_colour():
+    """The agreement chart colours one bar per method: with as many methods as the protocol
+    runs, no two share a colour."""
+    import sys
+    from pathlib import Path
+
+    from osnas.plot.comparison import _color
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic"))
+    from run_protocol import METHODS
+
+    colours = [_color(i) for i in range(len(METHODS))]
+    assert len(set(colours)) == len(METHODS)

@@ -128,7 +128,7 @@ def test_the_position_effects_are_fitted_on_the_means_of_the_yardstick_seeds():
     assert "(each the mean of 3 retrains)" in text
 
 
-def test_summarise_places_only_the_default_by_the_means_of_its_retrains():
+def test_summarise_places_every_method_by_the_means_of_its_retrains():
     run_protocol = pytest.importorskip("run_protocol")
     pytest.importorskip("scipy")
     from types import SimpleNamespace as NS
@@ -137,23 +137,30 @@ def test_summarise_places_only_the_default_by_the_means_of_its_retrains():
     cfg = NS(data=NS(sources=["a"], targets=["b"]), model=NS(arch="x"),
              search=NS(epochs=1, steps_per_epoch=1), train=NS(epochs=1, steps_per_epoch=1))
     plans = {"in": {"stem": "in"}, "bn": {"stem": "bn"}}
-    # retrains by (plan, seed): IN is better on average, and its seed-1 retrain is unlucky
-    maps = {("in", 1): 0.04, ("in", 2): 0.08, ("bn", 1): 0.05, ("bn", 2): 0.05}
+    # retrains by (plan, seed): IN is better on average, and its seed-1 retrain is unlucky; BN's is lucky
+    maps = {("in", 1): 0.04, ("in", 2): 0.08, ("bn", 1): 0.05, ("bn", 2): 0.04}
 
     def result(plan, seed=1):
         k = plan["stem"]
         return {"mAP": maps[(k, seed)], "rank1": 0.0, "targets": {}}
 
     yard = {f"random{i:02d}": {"mAP": 0.045 + 0.001 * i, "mAP_seeds": [0.045 + 0.001 * i] * 2} for i in range(4)}
-    derived = [{"plan": plans["in"], "choices": {"stem": "in"}, "agreement": {}}] * 2
+    derived = [{"plan": plans["in"], "choices": {"stem": "in"}, "agreement": {}},
+               {"plan": plans["bn"], "choices": {"stem": "bn"}, "agreement": {}}]
     djobs = [{"method": "dflt", "seed": 1}, {"method": "other", "seed": 1}]
     s = run_protocol.summarise(cfg, space, [result(plans["bn"])], yard, [{"stem": "bn"}] * 4, derived, djobs,
                                result, {}, [(0.04, 0.05)], "dflt", yseeds=[1, 2])
     d, o = s["methods"]["dflt"], s["methods"]["other"]
     assert d["per_seed"][0]["mAP_seeds"] == [0.04, 0.08] and d["min_percentile_resolved"] == 100.0
     assert d["min_percentile"] == 0.0  # seed 1 alone: below every yardstick architecture
-    assert "min_percentile_resolved" not in o and "mAP_seeds" not in o["per_seed"][0]
+    # not only the default: every method alike, here one whose mean ranks it lower than seed 1 alone
+    assert o["per_seed"][0]["mAP_seeds"] == [0.05, 0.04] and o["min_percentile_resolved"] == 25.0
+    assert o["min_percentile"] == 100.0
     assert s["yardstick_seeds"] == 2
+    one = run_protocol.summarise(cfg, space, [result(plans["bn"])], yard, [{"stem": "bn"}] * 4, derived, djobs,
+                                 result, {}, [(0.04, 0.05)], "dflt", yseeds=[1])
+    assert all("min_percentile_resolved" not in m and "mAP_seeds" not in m["per_seed"][0]
+               for m in one["methods"].values())
 
 
 @pytest.mark.parametrize("v, text", [(1, "1st"), (2.0, "2nd"), (3, "3rd"), (11, "11th"), (12.4, "12th"), (13, "13th"),

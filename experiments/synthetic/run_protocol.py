@@ -7,7 +7,7 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                  OSNet too: the answer "no IN at all", paired with the default below);
 2. yardstick     RANDOM architectures drawn uniformly from the searched space, plus OSNet,
                  OSNet-IBN and OSNet-AIN, each retrained once (--yardstick-seeds N: N times,
-                 and the default's genotypes too, placed by their means): the held-out mAP
+                 and every method's genotypes too, placed by their means): the held-out mAP
                  distribution;
 3. methods       every search method on SEARCH_SEEDS seeds:
                    argmax     bilevel leave-one-domain-out search, argmax of the alphas
@@ -400,13 +400,14 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
             seen.add(o)
             rjobs.append(dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=1, out=o))
     by_out.update({j["out"]: r for j, r in zip(rjobs, pool.map(retrain_eval, rjobs, f"{name}: derived retrains"))})
-    # the default's genotypes with the yardstick's other seeds too: their percentile is then read on means
+    # every method's genotypes with the yardstick's other seeds too: their percentiles are then read on
+    # means, every method alike (one retrain cannot place a genotype: OSNet-AIN's own fall in and out of the top 10%)
     xjobs = [dict(base, genotype=d["file"], name=Path(d["file"]).stem, seed=s,
                   out=str(out / "retrain" / _plan_id(d["plan"]) / f"seed{s}"))
-             for j, d in zip(djobs, derived) if j["method"] == a.default for s in yseeds[1:]]
+             for d in derived for s in yseeds[1:]]
     xjobs = _once(xjobs, done=by_out)
     by_out.update({j["out"]: r for j, r in zip(xjobs, pool.map(retrain_eval, xjobs,
-                                                                  f"{name}: the default's genotypes, more seeds"))})
+                                                                  f"{name}: the derived genotypes, more seeds"))})
 
     # 4. ranking: the supernet's view of the yardstick architectures, per search seed
     ranked, projected = [v for v in RANKED if v in variants], [v for v in PROJECTED if v in variants]
@@ -469,7 +470,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
         cons = {j["method"]: d["plan"] for j, d in zip(bd, bderived) if j["method"].startswith("consensus@")}
         pj = [dict(base, genotype=genotype_file(f"{m.replace('@', '-at-')}", p), name=m, seed=sd,
                    out=str(out / "retrain" / _plan_id(p) / f"seed{sd}")) for m, p in cons.items() for sd in noise_seeds]
-        pj = [j for j in pj if j["out"] not in by_out]
+        pj = _once(pj, done=by_out)  # two budgets may agree on a consensus: one retrain each seed
         by_out.update({j["out"]: r for j, r in zip(pj, pool.map(retrain_eval, pj, f"{name}: budget paired retrains"))})
         for j, d in zip(bd, bderived):
             r = result(d["plan"])
@@ -633,9 +634,9 @@ def mean_map(entry: dict) -> float:
 def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicted, paired, default,
               yseeds=(1,)) -> dict:
     """results.json of one configuration. Every method's genotypes are placed among the yardstick
-    by one retrain (seed 1 against seed 1); with several yardstick seeds the default's are placed
-    by their mean over those seeds against the yardstick's means too (`percentile_resolved`), and
-    the Kendall tau is taken against the means."""
+    by one retrain (seed 1 against seed 1); with several yardstick seeds they are placed by their
+    mean over those seeds against the yardstick's means too (`percentile_resolved`), and the
+    Kendall tau is taken against the means."""
     from scipy.stats import kendalltau
 
     rand_maps = [mean_map(yard[f"random{i:02d}"]) for i in range(len(randoms))]
@@ -650,7 +651,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
             per_seed.append({"seed": j["seed"], "choices": d["choices"], "mAP": r["mAP"], "rank1": r["rank1"],
                              "derive_seconds": d.get("derive_seconds"),
                              "targets": r["targets"], "percentile": _percentile(r["mAP"], population)})
-            if m == default and len(yseeds) > 1:
+            if len(yseeds) > 1:
                 seeds_map = [result(d["plan"], s)["mAP"] for s in yseeds]
                 per_seed[-1].update(mAP_seeds=seeds_map,
                                     percentile_resolved=_percentile(statistics.mean(seeds_map), population_mean))
@@ -668,7 +669,7 @@ def summarise(cfg, space, noise, yard, randoms, derived, djobs, result, predicte
                       "position_agreement": agree, "mean_position_agreement": statistics.mean(agree.values()),
                       "mAP_mean": statistics.mean(maps), "mAP_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
                       "min_percentile": min(s["percentile"] for s in per_seed)}
-        if m == default and len(yseeds) > 1:
+        if len(yseeds) > 1:
             methods[m]["min_percentile_resolved"] = min(s["percentile_resolved"] for s in per_seed)
     taus = {v: [float(kendalltau([-p for p in pred], rand_maps).statistic)  # lower loss = predicted better
                 for pred in preds] for v, preds in predicted.items()}
@@ -711,9 +712,10 @@ def main():
     ap.add_argument("--paired", default="", help="more methods whose most frequent genotype is retrained with "
                                                   "the noise seeds and paired (comma-separated)")
     ap.add_argument("--yardstick-seeds", type=int, default=1,
-                    help="retrain every yardstick architecture and the default's genotypes with this many seeds and "
-                         "place the default's by the means (one retrain cannot: OSNet-AIN's own retrains fall in and "
-                         "out of the top 10%%); each extra seed adds about 12 min per configuration on 2 cores")
+                    help="retrain every yardstick architecture and every derived genotype with this many seeds and "
+                         "place the genotypes by the means (one retrain cannot: OSNet-AIN's own retrains fall in and "
+                         "out of the top 10%%); each extra seed adds about 30 min per configuration on 2 cores "
+                         "with every method")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
     ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
                                                    "searches (e.g. 1.01,1.03); none by default")

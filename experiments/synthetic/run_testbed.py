@@ -17,6 +17,10 @@ seedN/search-NAME, retrain-searched-NAME, eval-NAME; the reference retrains are 
 
     python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3,4,5 --recipe uniform \
         --config osnas/configs/demo.yaml --results uniform.md       # the demo's search recipe
+
+A recipe can also search nothing and derive from two recipes' searches of each seed together
+(`--pair A,B`: `osnas derive --run seedN/search-A seedN/search-B`), as the protocol's default
+`pair-pooled` does; its genotype goes to seedN/search-NAME/genotype.yaml.
 """
 
 from __future__ import annotations
@@ -81,11 +85,22 @@ def main():
     ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
                     help="overrides for the search only (the retrains keep the config's settings)")
     ap.add_argument("--select", default=None, help="derive --select (default: what the run's settings call for)")
+    ap.add_argument("--pair", default=None, metavar="A,B",
+                    help="search nothing: derive each seed from the searches of recipes A and B together")
     ap.add_argument("--compare", action="store_true",
                     help="run nothing: table every recipe found under --out against the reference retrains")
     a = ap.parse_args()
     if a.compare:
         return compare_recipes(Path(a.out), a.results)
+    pair = _pair_recipes(a)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    missing = [str(r) for s in seeds for r in _pair_runs(Path(a.out), s, pair)
+               if not (r / "final_alphas.json").is_file()]
+    if missing:  # before any training: a pair derives from searches that must be there
+        from osnas.errors import OsnasError
+
+        raise OsnasError(f"--pair {','.join(pair)}: no finished search in {', '.join(missing)}; run those recipes "
+                         "first (--recipe NAME --search-set ...)")
     from osnas.config import build_config
     from osnas.data import data_root
     from osnas.data.synth import ensure_synth
@@ -98,7 +113,6 @@ def main():
     cfg = build_config(a.config)
     root = data_root(a.data_root or cfg.data.root)
     ensure_synth(root, cfg.data.sources + cfg.data.targets)
-    seeds = [int(s) for s in a.seeds.split(",")]
     sources = ",".join(cfg.data.sources)
     targets = ",".join(cfg.data.targets)
     gap = domain_gap(a.config, root, out, seeds[0])
@@ -108,11 +122,15 @@ def main():
     for seed in seeds:
         sdir = out / f"seed{seed}"
         search = sdir / f"search{tag}"
-        if not (search / "final_alphas.json").is_file():
+        gpath = search / "genotype.yaml"
+        if pair:  # no search of its own: the two recipes' searches of this seed, derived together
+            if not gpath.is_file():
+                search.mkdir(parents=True, exist_ok=True)
+                run_derive([str(r) for r in _pair_runs(out, seed, pair)], out=str(gpath), select=a.select)
+        elif not (search / "final_alphas.json").is_file():
             resume = (search / "checkpoint.pth").is_file()
             run_search(data_root=str(root), config_file=a.config, out=str(search), resume=resume,
                        overrides=[] if resume else [f"run.seed={seed}", *a.search_set])
-        gpath = search / "genotype.yaml"
         if not gpath.is_file():
             run_derive(search, select=a.select)
         genotypes[seed] = load_genotype(gpath)
@@ -124,6 +142,26 @@ def main():
         per_seed[seed] = _eval(ckpts, targets, root, sdir / f"eval{tag}", cfg)
         print(f"seed {seed} done after {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     write_results(a, cfg, gap, per_seed, genotypes, time.time() - t0)
+
+
+def _pair_recipes(a) -> list:
+    """--pair A,B as the two recipe names, after checking the arguments agree ([] without --pair)."""
+    from osnas.errors import OsnasError
+
+    if a.pair is None:
+        return []
+    pair = [r.strip() for r in a.pair.split(",") if r.strip()]
+    if len(pair) != 2 or a.recipe in pair or "lodo" in pair + [a.recipe]:
+        raise OsnasError(f"--pair {a.pair!r} --recipe {a.recipe}: expected two other recipes' names (not lodo), "
+                         "e.g. --recipe pair-pooled --pair uniform-pooled,sampled-unseen-pooled")
+    if a.search_set:
+        raise OsnasError("--pair searches nothing: --search-set does not apply (set it on the paired recipes)")
+    return pair
+
+
+def _pair_runs(out: Path, seed: int, pair: list) -> list:
+    """The search folders a --pair recipe derives seed `seed` from."""
+    return [out / f"seed{seed}" / f"search-{r}" for r in pair]
 
 
 def _ms(vals):
@@ -207,7 +245,11 @@ def compare_recipes(out: Path, results: str) -> None:
         for i, s in enumerate(ran):
             search = out / f"seed{s}" / e.replace("eval", "search")
             genotype = load_yaml(search / "genotype.yaml")
-            if i == 0:  # the recipe, as its first seed's search ran it
+            if i == 0 and not (search / "config.yaml").is_file():  # --pair: two recipes' searches
+                paired = [Path(r).name.replace("search-", "", 1) for r in genotype.get("runs") or []]
+                recipes.append(f"| {name} | the searches of {' and '.join(paired)}, derived together | | | | | "
+                               f"{genotype.get('select', '?')} |")
+            elif i == 0:  # the recipe, as its first seed's search ran it
                 c = load_yaml(search / "config.yaml")["search"]
                 recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
                                f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | "

@@ -34,7 +34,9 @@ RANDOM_COLOR = "#8c8c8c"
 MARKERS = {"argmax": "o", "perturb": "s", "consensus": "*", "anneal": "^", "unseen": "D"}
 
 
-PALETTE = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "#1b9e77", "#d95f02", "#7570b3"]  # no grey (C7)
+# no grey (C7: the random architectures); as many colours as the protocol has methods (13) and a few more
+PALETTE = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "#1b9e77", "#d95f02", "#7570b3", "#e7298a",
+           "#66a61e", "#a6761d", "#e6ab02"]
 
 
 def _color(i: int) -> str:
