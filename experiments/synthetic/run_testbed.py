@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from osnas.errors import OsnasError
 from osnas.utils import load_yaml
 
 HERE = Path(__file__).resolve().parent
@@ -97,8 +98,6 @@ def main():
     missing = [str(r) for s in seeds for r in _pair_runs(Path(a.out), s, pair)
                if not (r / "final_alphas.json").is_file()]
     if missing:  # before any training: a pair derives from searches that must be there
-        from osnas.errors import OsnasError
-
         raise OsnasError(f"--pair {','.join(pair)}: no finished search in {', '.join(missing)}; run those recipes "
                          "first (--recipe NAME --search-set ...)")
     from osnas.config import build_config
@@ -146,8 +145,6 @@ def main():
 
 def _pair_recipes(a) -> list:
     """--pair A,B as the two recipe names, after checking the arguments agree ([] without --pair)."""
-    from osnas.errors import OsnasError
-
     if a.pair is None:
         return []
     pair = [r.strip() for r in a.pair.split(",") if r.strip()]
@@ -274,8 +271,6 @@ def compare_recipes(out: Path, results: str) -> None:
 
 
 if __name__ == "__main__":
-    from osnas.errors import OsnasError
-
     try:
         main()
     except OsnasError as e:  # bad input: one line, exit 2, as the osnas commands do
