@@ -2,6 +2,7 @@
 summaries: a planted effect at one position must be reported as resolved, positions without one
 must not, and each method's seeds are counted against the favoured side."""
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -179,3 +180,55 @@ def test_a_pair_method_costs_both_of_its_searches_per_seed():
          "methods": {"pair-pooled": {"per_seed": [{"derive_seconds": 60.0}, {"derive_seconds": 120.0}]}}}
     assert results_protocol._minutes(s, "pair-pooled") == "3.5 per seed + 1.5 derive"
     assert results_protocol._minutes(s, "uniform") == "2.1 per seed + derive"  # its derive time unknown here
+
+
+def test_the_step_target_is_judged_on_the_bench_band(tmp_path):
+    """A whole search step is met only when its median ratio plus twice the standard error stays
+    at or under 1.5x, not met when the whole band is above, and at the limit in between."""
+    key = "search step: sampled path, first-order, alpha_every=2"
+    config = {"space": "osnet_stem_blocks", "arch": "osnet_x1_0", "batch": 16, "height": 256, "width": 128,
+              "rounds": 20}
+
+    def line(median, band):
+        f = tmp_path / "bench.json"
+        f.write_text(json.dumps({"config": config, "ratio_median": {key: median}, "ratio_2se": {key: band}}))
+        return results_protocol.step_target_line(f)
+
+    assert "1.46 ± 0.03x (met)" in line(1.46, 0.03)
+    assert "(**not met**)" in line(1.56, 0.03)
+    assert "(at the limit, inside the timing noise)" in line(1.49, 0.03)
+    assert "space osnet_stem_blocks" in line(1.46, 0.03)
+    (tmp_path / "old.json").write_text(json.dumps({"ratio_to_plain": {key: 1.4}}))  # before rounds: not quoted
+    assert results_protocol.step_target_line(tmp_path / "old.json") == ""
+    assert results_protocol.step_target_line(tmp_path / "absent.json") == ""
+
+
+def test_the_yardstick_table_lists_every_architecture_by_its_mean_with_its_in_sites():
+    """RESULTS.md keeps each yardstick architecture's retrains, best first, so a later genotype can
+    be placed among them without retraining the yardstick."""
+    s = _summary(0.01, n=6)
+    s["yardstick"]["osnet"] = {"mAP": 0.5}  # published: no random draw behind it
+    s["yardstick"]["random00"]["mAP_seeds"] = [0.2, 0.4]  # its mean (0.3) sorts it, not its first retrain
+    s["random_architectures"][0] = {"stem": "in", "conv2.0": "plain", "conv2.1": "both"}
+    s["random_architectures"][1] = {"stem": "bn", "conv2.0": "plain", "conv2.1": "plain"}
+    rows = [r for r in results_protocol.yardstick_table(s) if r.startswith("| ") and "---" not in r][1:]
+    assert len(rows) == 7
+    assert rows[0].startswith("| osnet | published |")
+    assert rows[1] == "| random00 | stem, conv2.1 both | 20.0, 40.0 | 30.0 |"
+    assert "| random01 | none |" in "\n".join(rows)
+    means = [float(r.rstrip(" |").rsplit("|", 1)[1]) for r in rows]
+    assert means == sorted(means, reverse=True)
+
+
+def test_results_regenerate_from_the_copies_kept_beside_them(tmp_path, monkeypatch):
+    """Without run folders, results_protocol.py reads the results_<configuration>.json that
+    write_results keeps beside RESULTS.md; with neither, one line and a non-zero exit."""
+    got = {}
+    monkeypatch.setattr(results_protocol, "write_results", lambda summaries, *a, **k: got.update(summaries))
+    (tmp_path / "results_style.json").write_text(json.dumps({"config": {"name": "style"}}))
+    monkeypatch.setattr(sys, "argv", ["results_protocol.py", str(tmp_path)])
+    results_protocol.main()
+    assert got == {"style": {"config": {"name": "style"}}}
+    monkeypatch.setattr(sys, "argv", ["results_protocol.py", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match="no .*results.json or results_.*json in"):
+        results_protocol.main()
