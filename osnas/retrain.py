@@ -28,7 +28,7 @@ from osnas.models.genotype import Genotype, load_genotype
 from osnas.rundir import CHECKPOINT, GENOTYPE, RETRAIN_RESUME_KEYS, RUN_JSON, TRAIN_LOG
 from osnas.session import TrainingSession, resolve_run_config
 from osnas.training import SeededDataset, batch_loader, build_optimizer, derive_seed, lr_factor, set_lr
-from osnas.utils import load_yaml, log, write_json
+from osnas.utils import environment, load_yaml, log, write_json
 
 
 def resolve_retrain_config(genotype, sources, data_root_arg, config_file, overrides, out, resume):
@@ -199,7 +199,7 @@ def _write_start(cfg, genotype, run_dir: Path, union, seed: int, pretrained, ste
     genotype.save(run_dir / GENOTYPE)
     write_json(run_dir / RUN_JSON, {"stage": "retrain", "genotype": genotype.name, "arch": cfg.model.arch,
                                     "sources": union.domain_names, "seed": seed, "pretrained": pretrained,
-                                    "world_size": ctx.world_size})
+                                    "world_size": ctx.world_size, "environment": environment()})
     log.info(f"retrain {genotype.name or 'genotype'} ({cfg.model.arch}, IN at {', '.join(genotype.in_sites()) or 'none'})"
              f" on {', '.join(union.domain_names)}: {len(union.train)} images, {union.num_classes} identities, "
              f"{t.epochs} epochs x {steps} steps -> {run_dir}"

@@ -350,3 +350,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OsnasError(f"device {name!r} requested but CUDA is not available on this machine")
     return dev
+
+
+def environment() -> dict:
+    """What a run's numbers depend on beyond its config and seed: the library versions, the CPU
+    and the thread count. A run is bit-exact on one machine and library set, but not across
+    them (float-level differences grow through training), so run.json records them."""
+    import platform
+
+    import PIL
+
+    from osnas import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux: the model name is in /proc/cpuinfo (platform.processor() is often empty there)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"osnas": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pillow": PIL.__version__, "platform": platform.platform(), "cpu": cpu,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

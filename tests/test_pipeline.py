@@ -51,6 +51,9 @@ def test_search_is_deterministic_and_records_every_step(root, tmp_path):
         assert (a / f).is_file(), f
     ck = load_checkpoint(a / "checkpoint.pth")
     assert {"model", "w_opt", "a_opt", "streams", "rng", "space_sha256"} <= set(ck)
+    # bit-exact holds on one machine and library set only: run.json names them
+    env = json.loads((a / "run.json").read_text())["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads() and env["cpu"]
     c = _search(root, tmp_path / "c", ["search.order=second", "run.seed=2"])
     assert read_history(c) != ha
 

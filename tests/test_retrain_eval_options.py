@@ -129,6 +129,7 @@ def test_pretrained_weights_land_in_the_backbone(pretrained):
     assert m["head.classifier.weight"].shape[0] == ck["num_classes"] == 4  # not the file's 1000
     run = json.loads((pretrained["lr0"] / "run.json").read_text())
     assert run["pretrained"] == str(pretrained["path"])
+    assert run["environment"]["torch"] == torch.__version__  # what bit-exactness depends on
     assert str(pretrained["path"]) in (pretrained["lr0"] / "log.txt").read_text()
 
 

@@ -45,7 +45,7 @@ from osnas.search.architect import ORDERS, Architect
 from osnas.search.batches import OBJECTIVES, SearchBatches
 from osnas.session import TrainingSession, resolve_run_config
 from osnas.training import batch_loader, build_optimizer, lr_factor, set_lr
-from osnas.utils import atomic_write_text, log, read_jsonl, write_json
+from osnas.utils import atomic_write_text, environment, log, read_jsonl, write_json
 
 LOSSES = ("id", "triplet", "both")
 WEIGHT_STEPS = ("mixed", "sampled", "uniform", "sparse")
@@ -331,7 +331,7 @@ def _write_start(cfg: Config, run_dir: Path, model: Supernet, data: SearchBatche
                                     "entropy_weight": s.entropy_weight, "cost_table": s.cost_table,
                                     "cost_budget": s.cost_budget,
                                     "unseen_domain": data.domains[data.unseen] if data.unseen is not None else None,
-                                    "world_size": ctx.world_size})
+                                    "world_size": ctx.world_size, "environment": environment()})
     log.info(f"search {model.space.name} ({model.space.size()} architectures, {len(model.positions)} positions) "
              f"on {', '.join(data.domains)}: {s.objective}, {s.order}-order, {model.relaxation}; "
              f"{len(data.items)} images, {data.num_classes} identities -> {run_dir}"
