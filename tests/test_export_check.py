@@ -2,6 +2,7 @@
 graph, per-IN-site bf16/fp16 drift, rank-1 on a dataset, exit codes (1: check failed, 2: bad input)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -188,3 +189,17 @@ def test_retrieval_on_a_target_dataset(exported, synth_root):
     assert rk["bf16_change"] == pytest.approx(rk["bf16"] - rk["fp32"])
     assert rk["onnx"] == rk["fp32"]  # equal within 1e-4: the same ranking
     assert f"rank-1 on {ds.name}" in format_report(r)
+
+
+def test_embedding_drift_resolves_angles_below_float_rounding():
+    """1 - cos is taken as half the squared distance of the unit vectors: exactly 0 for identical
+    rows on any CPU, and a rotation of 1e-9 rad reads as 5e-19 (1 - cos itself rounds to 0 there);
+    a zero row against a non-zero one is a drift of 1, a non-finite row of inf."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5, 512, generator=g, dtype=torch.float64)
+    assert embedding_drift(ref, ref) == {"rel_l2": 0.0, "one_minus_cos": 0.0}
+    a, b = torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    a[0, 0], b[0, 0], b[0, 1] = 1.0, math.cos(1e-9), math.sin(1e-9)
+    assert embedding_drift(b, a)["one_minus_cos"] == pytest.approx(5e-19, rel=1e-6)
+    assert embedding_drift(torch.zeros(1, 2), a.float())["one_minus_cos"] == 1.0
+    assert embedding_drift(torch.tensor([[float("nan"), 1.0]]), a.float())["one_minus_cos"] == math.inf

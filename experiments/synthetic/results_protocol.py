@@ -400,6 +400,11 @@ def export_section(s: dict) -> list:
     return lines
 
 
+REPRODUCE = ("Every figure here is bit-exact only on the machine and library set that produced it (each run "
+             "folder's run.json names them): on another, float-level differences grow through training. The "
+             "README's *The same recipes on a fresh machine* re-runs the default's recipes on another machine.")
+
+
 def write_results(summaries: dict, results: Path, out: Path, argv, seconds: float, quick: bool = False) -> Path:
     lines = ["# Synthetic test-bed: is the search's answer trustworthy?", "",
              "Produced by one command (CPU, 2 cores, two jobs at a time):", "",
@@ -408,6 +413,7 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
               "Regenerated from the protocol's results.json files (results_protocol.py); the run's wall time is "
               "in its log.") + (" **Quick form: sizes too small to conclude anything.**" if quick else ""),
              "Held-out mAP is the mean over the held-out target domains; values in %.", "",
+             REPRODUCE, "",
              "A third family, the demo's synth domains (IN helps most there), runs several of these search "
              "recipes against OSNet-AIN in [RESULTS_synth_recipes.md](RESULTS_synth_recipes.md) "
              "(`run_testbed.py --recipe`).", ""]

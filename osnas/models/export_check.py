@@ -102,10 +102,16 @@ def embedding_drift(y: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
     rn = ref.norm(dim=1)  # (B,)
     floor = max(float(rn.max()) * 1e-6, 1e-30)
     rel = (y - ref).norm(dim=1) / rn.clamp(min=floor)  # (B,)
-    cos = F.cosine_similarity(y, ref, dim=1, eps=1e-30)  # (B,)
+    # 1 - cos as half the squared distance of the unit vectors: the same quantity, without the
+    # cancellation of 1 - cos (which leaves ~1e-16 for identical rows on some CPUs and hides drifts
+    # of that size); rows with a zero norm keep cosine_similarity's value (0: a drift of 1)
+    yn = y.norm(dim=1)  # (B,)
+    off = 0.5 * ((y / yn.clamp(min=1e-30)[:, None] - ref / rn.clamp(min=1e-30)[:, None]) ** 2).sum(dim=1)  # (B,)
+    zero = (yn == 0) | (rn == 0)
+    off[zero] = 1 - F.cosine_similarity(y[zero], ref[zero], dim=1, eps=1e-30)
     bad = ~torch.isfinite(y).all(dim=1)
-    rel[bad], cos[bad] = math.inf, -math.inf
-    return {"rel_l2": float(rel.max()), "one_minus_cos": float((1 - cos).max())}
+    rel[bad], off[bad] = math.inf, math.inf
+    return {"rel_l2": float(rel.max()), "one_minus_cos": float(off.max())}
 
 
 def _finite_or_none(o):
