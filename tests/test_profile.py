@@ -379,3 +379,12 @@ def test_in_candidates_timed_below_their_subset_are_raised():
     assert lat["conv2.0"] == {"plain": 1.0, "in_res": 1.0, "in_post": 1.2, "both": 1.2}
     assert lat["stem"] == {"bn": 0.5, "in": 0.6}
     assert sorted(raised) == ["conv2.0:both", "conv2.0:in_res"]
+
+
+def test_median_standard_error_from_the_spread():
+    """The timing noise both the protocol's latency stage and the step bench quote: for normal
+    timings sigma = IQR / 1.349 and a median's error 1.2533 sigma / sqrt(n) (RESULTS.md: IQR 0.096
+    over 100 rounds gives twice the error 0.018); it shrinks as sqrt(n)."""
+    assert 2 * L.median_se(0.096, 100) == pytest.approx(0.0178, abs=5e-5)
+    assert L.median_se(1.349, 1) == pytest.approx(1.2533)
+    assert L.median_se(0.5, 400) == pytest.approx(L.median_se(0.5, 100) / 2)

@@ -30,6 +30,7 @@ import time
 import torch
 
 from osnas.models import build_model, build_supernet
+from osnas.models.latency import median_se
 from osnas.search.architect import Architect
 from osnas.search.bilevel import make_loss_fn
 
@@ -132,11 +133,11 @@ def main():
 
 
 def _se_median(values: list) -> float:
-    """Standard error of a median from the spread: 1.2533 * (IQR / 1.349) / sqrt(n)."""
+    """Standard error of the median of `values` (nan under 4 rounds: no quartiles to speak of)."""
     if len(values) < 4:
         return float("nan")
     q = statistics.quantiles(values, n=4)
-    return 1.2533 * ((q[2] - q[0]) / 1.349) / len(values) ** 0.5
+    return median_se(q[2] - q[0], len(values))
 
 
 if __name__ == "__main__":

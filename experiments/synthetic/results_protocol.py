@@ -330,9 +330,11 @@ def cost_section(s: dict) -> list:
     lines += ["", "Pareto front (lowest relative latency first): " + ", ".join(
         f"{names[i]} ({pct(pts[i][1])} mAP, {pts[i][0]:.3f})" for i in front) + ".", ""]
     # the timing noise floor: plain OSNet and the all-BN reference are the same network, timed apart;
-    # at least twice the standard error of a median ratio (1.2533 sigma / sqrt(n), sigma = IQR / 1.349)
+    # at least twice the standard error of a median ratio
+    from osnas.models.latency import median_se
+
     n = lat.get("repeats", 100)
-    se = 1.2533 * (lat.get("osnet_relative_iqr", 0.0) / 1.349) / n ** 0.5
+    se = median_se(lat.get("osnet_relative_iqr", 0.0), n)
     lat_noise = max(abs(lat.get("osnet_relative", 1.0) - 1.0), 2 * se)
     if s.get("budgets"):
         lines += ["Cost-aware searches: each derived genotype's predicted cost (the profiled cost table) and "

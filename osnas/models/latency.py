@@ -258,6 +258,12 @@ def summarize(times_ms: List[float]) -> dict:
             "times_ms": [float(t) for t in a]}
 
 
+def median_se(iqr: float, n: int) -> float:
+    """Standard error of a median of n timings from their spread: 1.2533 sigma / sqrt(n), with
+    sigma = IQR / 1.349 (normal theory; the IQR keeps a few slow outliers from inflating it)."""
+    return 1.2533 * (iqr / 1.349) / n ** 0.5
+
+
 def time_interleaved(runners: Dict[str, Callable[[], object]], repeats: int = 30, warmup: int = 5,
                      sync: Callable[[], None] = _no_sync, min_run_ms: float = 2.0,
                      progress=None, clock: str = "wall") -> Dict[str, List[float]]:
