@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,12 @@ def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool 
             raise OsnasError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
         base = load_yaml(run_dir / CONFIG, "run config")
     cfg = build_config(config_file, overrides, base=base)
+    if base is not None:
+        changed = changed_settings(build_config(base=base).to_dict(), cfg.to_dict())
+        if changed:  # allowed (e.g. more epochs), but the run no longer repeats the uninterrupted one
+            print(f"warning: resuming {run_dir} with settings that differ from the run's own config.yaml: "
+                  f"{', '.join(changed)}; the continued run will not match an uninterrupted one (resume "
+                  f"without --config/--set to keep the run's settings)", file=sys.stderr, flush=True)
     if sources:
         cfg.data.sources = parse_names(sources)
     if data_root_arg:
@@ -70,6 +77,18 @@ def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool 
     if run_dir is None:
         run_dir = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, run_dir
+
+
+def changed_settings(saved: dict, now: dict, prefix: str = "") -> list:
+    """The dotted keys whose values differ between two config dicts, as `key old -> new`."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_settings(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
 
 
 # Under torchrun a Ctrl-C reaches each worker twice: from the terminal (process group) and

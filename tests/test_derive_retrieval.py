@@ -333,3 +333,32 @@ def test_the_summary_warns_of_an_in_site_no_run_chose_alone():
     buf = io.StringIO()
     print_summary(g, file=buf)
     assert "warning:" not in buf.getvalue()
+
+
+def test_the_protocol_pools_two_supernets_scores_from_each_ones_cached_units(runs, synth_root):
+    """run_protocol's Kendall-tau scores of a pair: each run's per-identity units, cached in that
+    run's folder (so a pair and a one-run method score a shared supernet once), then pooled as
+    derive pools them; the pooled score is minus the mean of both runs' units."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic"))
+    run_protocol = pytest.importorskip("run_protocol")
+    space = load_run(runs[0]).space
+    choices = [{p.name: p.names[0] for p in space.positions}, {p.name: p.names[-1] for p in space.positions}]
+    job = dict(root=str(synth_root), runs=[str(r) for r in runs], batches=2, choices=choices,
+               scorer="retrieval-pooled")
+    pooled = run_protocol.supernet_scores(job)
+    caches = [sorted(Path(r).glob("units_*.json")) for r in runs]
+    assert all(len(c) == 1 for c in caches)
+    units = [json.loads(c[0].read_text()) for c in caches]  # [run][architecture][unit]
+    for i, score in enumerate(pooled):
+        both = units[0][i] + units[1][i]
+        assert score == pytest.approx(-sum(both) / len(both))
+    direct = [SubnetScorer(load_run(r), batches=2, data_root=str(synth_root), gallery="pooled") for r in runs]
+    path = [p.names.index(choices[1][p.name]) for p in space.positions]
+    assert units[0][1] == pytest.approx(direct[0].per_batch(path)) and units[1][1] == pytest.approx(
+        direct[1].per_batch(path))
+    alone = run_protocol.supernet_scores(dict(job, runs=[str(runs[0])]))  # reads the first run's cache
+    assert alone == pytest.approx([-sum(u) / len(u) for u in units[0]])

@@ -96,6 +96,7 @@ def test_search_killed_then_resumed_matches_uninterrupted(root, tmp_path, how, e
         assert proc.returncode == -signal.SIGKILL
     r = _cli(args + ["--resume"], timeout=300)
     assert r.returncode == 0, r.stderr
+    assert "warning: resuming" not in r.stderr  # the same settings again: nothing to warn about
     a = load_checkpoint(ref / "checkpoint.pth")["model"]
     b = load_checkpoint(out / "checkpoint.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
@@ -129,6 +130,33 @@ def test_search_stopped_mid_epoch_resumes_bit_exactly(root, tmp_path, monkeypatc
     b = load_checkpoint(tmp_path / "run" / "checkpoint.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
     assert read_history(ref) == read_history(tmp_path / "run")
+
+
+def test_resuming_with_other_settings_names_them(root, tmp_path, monkeypatch, capsys):
+    """A resume may change settings (the config file and --set still apply over the run's
+    config.yaml), but it says which: the continued run no longer repeats the uninterrupted one.
+    (A protocol once resumed searches with their configuration file alone, which put the file's
+    epochs back over the job's own, and got shorter searches without a word.)"""
+    from osnas import session
+    from osnas.errors import OsnasInterrupted
+
+    check = session.TrainingSession.check
+
+    def stop_at_first(self, loss, where):
+        value = check(self, loss, where)
+        self.stop_requested = True
+        return value
+
+    monkeypatch.setattr(session.TrainingSession, "check", stop_at_first)
+    with pytest.raises(OsnasInterrupted):
+        _search(root, tmp_path / "run")
+    monkeypatch.setattr(session.TrainingSession, "check", check)
+    capsys.readouterr()
+    run_search(data_root=str(root), out=str(tmp_path / "run"), resume=True,
+               overrides=["search.epochs=4", "search.alpha_every=1"])  # alpha_every 1 is the saved value
+    err = capsys.readouterr().err
+    assert "warning: resuming" in err and "search.epochs 3 -> 4" in err and "alpha_every" not in err
+    assert session.changed_settings({"a": {"b": 1, "c": [1]}}, {"a": {"b": 2, "c": [1]}}) == ["a.b 1 -> 2"]
 
 
 def test_derive_retrain_eval_end_to_end(root, tmp_path):
@@ -171,6 +199,7 @@ def test_retrain_resume_matches_uninterrupted(root, tmp_path):
     proc.communicate(timeout=60)
     r = _cli(args + ["--resume"], timeout=300)
     assert r.returncode == 0, r.stderr
+    assert "warning: resuming" not in r.stderr  # the same settings again: nothing to warn about
     a = load_checkpoint(ref / "checkpoint.pth")["model"]
     b = load_checkpoint(out / "checkpoint.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
