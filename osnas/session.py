@@ -64,7 +64,8 @@ def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool 
     cfg = build_config(config_file, overrides, base=base)
     if base is not None:
         changed = changed_settings(build_config(base=base).to_dict(), cfg.to_dict())
-        if changed:  # allowed (e.g. more epochs), but the run no longer repeats the uninterrupted one
+        # allowed (e.g. more epochs), but the run no longer repeats the uninterrupted one; said once (torchrun: rank 0)
+        if changed and os.environ.get("RANK", "0") == "0":
             print(f"warning: resuming {run_dir} with settings that differ from the run's own config.yaml: "
                   f"{', '.join(changed)}; the continued run will not match an uninterrupted one (resume "
                   f"without --config/--set to keep the run's settings)", file=sys.stderr, flush=True)
