@@ -287,7 +287,7 @@ def test_the_protocol_refuses_bad_arguments_in_one_line(flag, monkeypatch, tmp_p
 
 
 def test_a_resumed_search_counts_its_running_time_only(tmp_path):
-    """The wall-time column: a search killed and resumed 40 minutes later ran for 2 minutes."""
+    """The wall-time column: a search killed and resumed 40 minutes later ran for 1.5 minutes."""
     run_protocol = pytest.importorskip("run_protocol")
     (tmp_path / "log.txt").write_text("\n".join([
         "23:59:00 search osnet_stem_blocks ...", "23:59:30 epoch 1 step 50/250", "00:39:30 resumed RUN at epoch 2",

@@ -33,11 +33,11 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                    uniform    single-path weight steps drawn uniformly and no alpha step
                               (a step costs 1.01x a plain one: 350 steps for the same
                               budget), the unseen source kept out; derived by retrieval
-                   uniform-pooled   the uniform runs derived by retrieval-pooled
+                   uniform-pooled   the uniform runs derived by retrieval-pooled (the default)
                    pair-pooled   per seed, its uniform and its sampled-unseen run derived
                               together by retrieval-pooled: their scores pooled, each
                               position choosing among the candidates one of the two picks
-                              on its own (the default; twice the search budget)
+                              on its own (twice the search budget)
                    pair3-pooled  the same with the sampled-unseen half stepping the alphas
                               every 3 weight steps (1.32x a plain step, 275 steps: about
                               the same budget) instead of every 2 (1.48x, at the 1.5x limit)
@@ -98,19 +98,18 @@ BUDGET = 1.03  # sampled-budget's latency budget, relative to the all-BN network
 # from an earlier run of the bench (reference space, best of 5: 2.4x, 1.5x, 1.03x); on the test-bed itself the
 # searches take 1.0-2.1 min per seed on one thread (RESULTS.md, the wall-time column)
 _SAMPLED = ["search.weight_step=sampled", "search.alpha_every=2", "search.epochs=10"]
+_UNSEEN = ["search.objective=unseen", "search.alpha_loss=triplet"]  # the last source kept out, a metric alpha loss
 SEARCHES = {  # search variant -> extra --set overrides (the configuration file's, then these, then --quick's)
     "lodo": [],
     "anneal": ["search.entropy_weight=0.5", "search.alpha_every=2", "search.alpha_lr=0.1"],
-    "unseen": ["search.objective=unseen", "search.alpha_loss=triplet"],
+    "unseen": _UNSEEN,
     "sampled": _SAMPLED,
-    "sampled-unseen": _SAMPLED + ["search.objective=unseen", "search.alpha_loss=triplet"],
+    "sampled-unseen": _SAMPLED + _UNSEEN,
     "sampled-budget": _SAMPLED + ["search.cost_table={cost_table}", f"search.cost_budget={BUDGET:g}"],
     # no alpha step: 1.01x a plain step (bench_search_step.json), so the same budget buys 350 steps
-    "uniform": ["search.weight_step=uniform", "search.epochs=14", "search.objective=unseen",
-                "search.alpha_loss=triplet"],
+    "uniform": ["search.weight_step=uniform", "search.epochs=14"] + _UNSEEN,
     # sampled-unseen with an alpha step every 3 weight steps: 1.32x a plain step, so 275 steps
-    "sampled3-unseen": ["search.weight_step=sampled", "search.alpha_every=3", "search.epochs=11",
-                        "search.objective=unseen", "search.alpha_loss=triplet"],
+    "sampled3-unseen": ["search.weight_step=sampled", "search.alpha_every=3", "search.epochs=11"] + _UNSEEN,
 }
 METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anneal": "anneal", "unseen": "unseen",
                  "sampled": "sampled", "sampled-unseen": "sampled-unseen", "sampled-budget": "sampled-budget",
@@ -132,7 +131,8 @@ RETRIEVAL_BATCHES = 16  # validation (and recalibration) batches of the unseen s
 # their supernets' retrieval scores rank the yardstick (tau by method), with the gallery their derive uses
 RETRIEVAL_METHODS = ("retrieval", "retrieval-pooled", "uniform", "uniform-pooled", "pair-pooled", "pair3-pooled")
 RANKED = ("lodo", "sampled")  # the search variants whose supernets score the yardstick (Kendall tau)
-PROJECTED = ("lodo", "sampled", "unseen", "sampled-unseen", "sampled3-unseen")  # ... and whose stem verdicts are compared
+# ... and whose stem verdicts are compared
+PROJECTED = ("lodo", "sampled", "unseen", "sampled-unseen", "sampled3-unseen")
 # the deployment path timed: eager PyTorch fp32 with BN folded, one thread's CPU time (robust to
 # other work on the machine), batch 1, at the camera-end input size 256x128 (the networks are fully
 # convolutional: the test-bed's width, at the size a deployment feeds it; 64x32 is too small to time
@@ -740,8 +740,8 @@ def main():
                          "out of the top 10%%); each extra seed adds about 30 min per configuration on 2 cores "
                          "with every method")
     ap.add_argument("--search-seeds", type=int, default=0,
-                    help="search seeds per method (default 5; --quick 2): agreement over 5 seeds moved by up to 8 "
-                         "points from one machine to the next (README), more seeds separate recipes that 5 cannot")
+                    help="search seeds per method (default 5; --quick 2): agreement over 5 seeds moved by up to 11 "
+                         "points with the seeds drawn (FINDINGS.md), more seeds separate recipes that 5 cannot")
     ap.add_argument("--results", default=None, help="write RESULTS.md here (default: OUT/RESULTS.md)")
     ap.add_argument("--budgets", default="", help="comma-separated relative latency budgets for cost-aware "
                                                    "searches (e.g. 1.01,1.03); none by default")
