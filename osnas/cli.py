@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
     p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
     p.add_argument("--select", default=None, metavar="METHOD",
-                   help="argmax | perturb | consensus | retrieval | retrieval-pooled (default: retrieval-pooled "
+                   help="argmax | perturb | consensus | retrieval | retrieval-pooled | vote (several runs, each "
+                        "derived alone, the majority per position) (default: retrieval-pooled "
                         "for runs of search.weight_step=uniform or sparse or search.objective=unseen, else argmax "
                         "for one run and consensus for several)")
     p.add_argument("--out", default=None,
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = none)")
     p.add_argument("--no-measure", action="store_true",
                    help="with a measured cost table: skip timing the derived network (record the prediction only)")
+    p.add_argument("--gate", type=float, default=None, metavar="Z",
+                   help="retrieval, retrieval-pooled (and vote over such runs): an IN candidate must beat the "
+                        "simplest by more than Z "
+                        "standard errors (default 2; recorded as gate_se per position)")
 
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
@@ -157,7 +162,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint, select=args.select, batches=args.batches,
                    order=args.order, data_root=args.data_root, device=args.device, cost_table=args.cost_table,
-                   cost_budget=args.cost_budget, measure=not args.no_measure)
+                   cost_budget=args.cost_budget, measure=not args.no_measure, gate=args.gate)
     elif cmd == "retrain":
         from osnas.retrain import run_retrain
 

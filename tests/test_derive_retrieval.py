@@ -362,3 +362,93 @@ def test_the_protocol_pools_two_supernets_scores_from_each_ones_cached_units(run
         direct[1].per_batch(path))
     alone = run_protocol.supernet_scores(dict(job, runs=[str(runs[0])]))  # reads the first run's cache
     assert alone == pytest.approx([-sum(u) / len(u) for u in units[0]])
+
+
+def test_the_gate_is_the_derives_threshold_and_is_recorded(runs, tmp_path, monkeypatch, capsys):
+    """`--gate Z`: an IN candidate whose edge over the plain one is 1.5 standard errors stays
+    out at the default gate (2) and comes in at --gate 1; every position records the gate it was
+    chosen with. A gate below 0, or with a selection that has none, is a one-line error."""
+    import osnas.derive.retrieval as R
+
+    edge = [0.015, -0.005, 0.015, -0.005, 0.015, -0.005, 0.015, -0.005]  # +0.005, 0.0038 se: t = 1.32
+
+    class Fake:
+        def __init__(self, run, batches, data_root, device, gallery="batch"):
+            self.evaluations = 0
+
+        def per_batch(self, path):  # IN in the first block (in_res) buys `edge`; nothing else matters
+            return [0.5 + (e if path[0] == 1 else 0.0) for e in edge]
+
+        def __call__(self, path):
+            return sum(self.per_batch(path)) / len(edge)
+
+    monkeypatch.setattr(R, "SubnetScorer", Fake)
+    first = load_run(runs[0]).space.positions[0].name
+    g2 = load_genotype(run_derive(runs[0], out=tmp_path / "z2.yaml", select="retrieval"))
+    g1 = load_genotype(run_derive(runs[0], out=tmp_path / "z1.yaml", select="retrieval", gate=1.0))
+    assert g2.positions[first]["choice"] == "plain" and g1.positions[first]["choice"] == "in_res"
+    assert 1.0 < g2.positions[first]["gap_se"]["plain"] < 2.0
+    assert {v["gate_se"] for v in g2.positions.values()} == {2.0}
+    assert {v["gate_se"] for v in g1.positions.values()} == {1.0}
+    assert main(["derive", "--run", str(runs[0]), "--select", "retrieval", "--gate", "1",
+                 "--out", str(tmp_path / "cli.yaml")]) == 0
+    assert load_genotype(tmp_path / "cli.yaml").positions[first]["choice"] == "in_res"
+    capsys.readouterr()
+    for bad in (["--select", "retrieval", "--gate", "-1"], ["--select", "argmax", "--gate", "1"]):
+        assert main(["derive", "--run", str(runs[0]), "--out", str(tmp_path / "bad.yaml"), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--gate" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "bad.yaml").exists()
+
+
+# ----------------------------------------------------------------------------- vote
+def test_a_vote_takes_each_positions_majority_and_breaks_ties_toward_fewer_in_sites(runs):
+    """Three runs' own answers (hand-made): a majority wins with its share as the agreement; a tie
+    goes to the candidate with fewer IN sites, then to the earlier one."""
+    from osnas.derive import select_vote
+    from osnas.models.genotype import genotype_from_probs
+
+    rs = [load_run(r) for r in (runs[0], runs[1], runs[0])]
+    space = rs[0].space
+    answers = iter([["in_res", "both", "plain"], ["in_res", "plain", "in_post"], ["plain", "in_post", "in_res"]])
+
+    def alone(run):  # the first three positions as listed, the rest plain
+        names = next(answers) + ["plain"] * (len(space.positions) - 3)
+        chosen = [p.names.index(n) for p, n in zip(space.positions, names)]
+        return genotype_from_probs(space, run.probs, chosen=chosen, select="argmax")
+
+    g = select_vote(rs, per_run=alone)
+    first, second, third = [p.name for p in space.positions[:3]]
+    assert g.select == "vote" and g.runs == [str(r.path) for r in rs]
+    assert g.positions[first]["choice"] == "in_res" and g.agreement[first] == pytest.approx(2 / 3)
+    assert g.positions[first]["votes"] == {"plain": 1, "in_res": 2}
+    assert g.positions[first]["run_choices"] == ["in_res", "in_res", "plain"]
+    # one vote each: plain has the fewest IN sites; then in_res before in_post (same count, earlier)
+    assert g.positions[second]["choice"] == "plain" and g.agreement[second] == pytest.approx(1 / 3)
+    assert g.positions[third]["choice"] == "plain"
+    rs2 = rs[:2]
+    answers = iter([["in_post", "both", "plain"], ["in_res", "plain", "plain"]])
+    g2 = select_vote(rs2, per_run=alone)
+    assert g2.positions[first]["choice"] == "in_res" and g2.positions[second]["choice"] == "plain"
+    with pytest.raises(OsnasError, match="several runs"):
+        select_vote(rs[:1], per_run=alone)
+
+
+def test_the_vote_derives_each_run_by_its_own_selection(runs, tmp_path, capsys):
+    """`--select vote` over a lodo run (argmax alone) and an unseen-objective run (retrieval-pooled
+    alone): each run's vote is what deriving it alone gives."""
+    own = [load_genotype(run_derive(runs[0], out=tmp_path / "a.yaml")),
+           load_genotype(run_derive(runs[1], out=tmp_path / "b.yaml", batches=2))]
+    capsys.readouterr()
+    assert main(["derive", "--run", str(runs[0]), str(runs[1]), "--select", "vote", "--batches", "2",
+                 "--out", str(tmp_path / "v.yaml")]) == 0
+    assert "votes" in capsys.readouterr().err
+    g = load_genotype(tmp_path / "v.yaml")
+    for p, v in g.positions.items():
+        assert v["run_choices"] == [o.positions[p]["choice"] for o in own]
+        assert v["run_select"] == ["argmax", "retrieval-pooled"]
+        agree = v["run_choices"].count(v["choice"]) / 2
+        assert g.agreement[p] == pytest.approx(agree) and agree >= 0.5
+    assert main(["derive", "--run", str(runs[0]), "--select", "vote", "--out", str(tmp_path / "one.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "several runs" in err[0]

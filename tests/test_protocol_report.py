@@ -186,6 +186,20 @@ def test_a_pair_method_costs_both_of_its_searches_per_seed():
     assert results_protocol._minutes(s, "uniform") == "2.1 per seed + derive"  # its derive time unknown here
 
 
+def test_a_vote_answer_reads_three_searches_and_costs_their_sum():
+    """vote3's answer s reads the uniform seeds 3s-2 .. 3s (no seed twice, none skipped), is
+    derived with derive's vote over them, and costs their three search times together."""
+    from run_protocol import SELECT, answer_seeds, searches_of
+
+    assert searches_of("vote3") == ("uniform",) and SELECT["vote3"] == "vote"
+    assert [answer_seeds("vote3", s) for s in (1, 2, 5)] == [[1, 2, 3], [4, 5, 6], [13, 14, 15]]
+    assert answer_seeds("uniform-pooled", 4) == [4]
+    s = {"search_minutes": {"uniform": [1.0, 2.0, 3.0, 1.5, 1.5, 1.5, 9.0]},  # 7: the last triple incomplete
+         "methods": {"vote3": {"per_seed": [{"derive_seconds": 90.0}, {"derive_seconds": 90.0}]}}}
+    assert results_protocol._minutes(s, "vote3") == "5.2 per seed + 1.5 derive"  # (6.0 + 4.5) / 2
+    assert results_protocol._minutes(s, "uniform").startswith("2.8 per seed")  # each search alone: 19.5 / 7
+
+
 def test_the_step_target_is_judged_on_the_bench_band(tmp_path):
     """A whole search step is met only when its median ratio plus twice the standard error stays
     at or under 1.5x, not met when the whole band is above, and at the limit in between."""

@@ -33,6 +33,8 @@ METHOD_TEXT = {
                    "takes only a candidate one of them picks alone (twice the budget)",
     "pair3-pooled": "(f') the same pair with the sampled half stepping the alphas every 3 weight steps (1.32x a "
                     "plain step, 275 steps)",
+    "vote3": "(d') per seed, three (b'') runs each derived alone by retrieval-pooled, the majority per position "
+             "(three times the budget)",
 }
 
 
@@ -262,8 +264,8 @@ def projection_section(s: dict) -> list:
 
 BENCH = HERE.parent / "benchmarks" / "bench_search_step.json"
 STEP_KEYS = {  # the bench's whole-step rows the targets quote, and how they read
-    "weight step: supernet (sampled path)": "uniform path, no alpha step (uniform, uniform-pooled: the default; the "
-                                            "pairs' first half)",
+    "weight step: supernet (sampled path)": "uniform path, no alpha step (uniform, uniform-pooled, vote3: the "
+                                            "default, three such searches per answer; the pairs' first half)",
     "search step: sampled path, first-order, alpha_every=2": "sampled path, alpha step every 2 (the sampled methods; "
                                                              "pair-pooled's second half)",
     "search step: first-order, alpha_every=1": "mixed weight step, alpha step every step (lodo)",
@@ -297,17 +299,19 @@ def step_target_line(bench: Path = BENCH) -> str:
 
 
 def _minutes(s: dict, method: str) -> str:
-    from run_protocol import METHOD_SEARCH, SELECT, searches_of  # the searches each method reads its genotype from
+    from run_protocol import METHOD_SEARCH, RUNS_PER_ANSWER, SELECT, searches_of  # the searches of each method
 
     minutes = s.get("search_minutes", {})
-    per_search = [minutes.get(v, []) for v in searches_of(method)] if method in METHOD_SEARCH else []
+    k = RUNS_PER_ANSWER.get(method, 1)  # vote3: an answer reads three searches of its variant
+    per_search = [[sum(ms[i:i + k]) for i in range(0, len(ms) - k + 1, k)]
+                  for ms in (minutes.get(v, []) for v in searches_of(method))] if method in METHOD_SEARCH else []
     mins = [sum(t) for t in zip(*per_search) if all(x == x for x in t)]  # per seed, over the method's searches
     if not mins:
         return "–"
     per = f"{statistics.mean(mins):.1f} per seed"
     derive = [r.get("derive_seconds") for r in s["methods"].get(method, {}).get("per_seed", [])]
     derive = [v for v in derive if v is not None]
-    if SELECT.get(method) in ("perturb", "retrieval", "retrieval-pooled"):  # they score the supernet: derive costs
+    if SELECT.get(method) in ("perturb", "retrieval", "retrieval-pooled", "vote"):  # they score the supernet
         per += f" + {statistics.mean(derive) / 60:.1f} derive" if derive else " + derive"
     return per + (f", x{len(mins)} seeds" if method == "consensus" else "")
 

@@ -1,6 +1,7 @@
 """`osnas derive`: freeze the answer of one or more search runs into a genotype file.
 
-    osnas derive --run RUN [RUN ...] [--select argmax|perturb|consensus|retrieval|retrieval-pooled] [--out FILE]
+    osnas derive --run RUN [RUN ...] [--select argmax|perturb|consensus|retrieval|retrieval-pooled|vote] [--out FILE]
+                 [--gate Z]
 
 Selection methods (SELECTORS; the default is retrieval-pooled for runs of
 `search.weight_step=uniform` (their alphas never move) or `search.objective=unseen` (a source the
@@ -18,15 +19,18 @@ perturb    perturbation-based selection (Wang et al., "Rethinking Architecture S
            weights stay as searched, which keeps derive cheap (no training data pass) and
            deterministic. With several runs every run is perturbed alone and the runs vote.
 consensus  per position the argmax of the runs' mean probabilities.
+vote       several runs, each derived alone by its own default selection, then per position
+           the candidate most runs chose (a tie: fewer IN sites); vote.py.
 retrieval  the one-hot subnet whose held-out retrieval mAP is best, asked of the supernet
            itself after re-estimating the subnet's BN statistics (retrieval.py): from the
            subnet without IN, a position takes IN only where it scores better beyond 2
-           standard errors. Several runs: their validation batches pooled.
+           standard errors (`--gate Z` sets another threshold). Several runs: their
+           validation batches pooled.
 retrieval-pooled  the same, scored on the validation batches pooled into one gallery, the
            standard error over identities instead of batches (a harder retrieval that does
            not saturate where one batch's few identities are easy for every subnet).
 
-One file per method: alphas.py (argmax, consensus), perturb.py, retrieval.py; runs.py reads
+One file per method: alphas.py (argmax, consensus), perturb.py, retrieval.py, vote.py; runs.py reads
 the runs and assembles the genotype with its provenance; this file is the entry point.
 
 Every run is read through its own copy of the space it searched (its hash must match the
@@ -48,8 +52,9 @@ import torch
 from osnas.derive.alphas import select_argmax, select_consensus
 from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
                                   perturb_select, remove_candidate, scoring_mode, select_perturb)
-from osnas.derive.retrieval import GALLERIES, select_retrieval, select_retrieval_pooled
+from osnas.derive.retrieval import GALLERIES, check_gate, select_retrieval, select_retrieval_pooled
 from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
+from osnas.derive.vote import select_vote
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
 from osnas.rundir import GENOTYPE
@@ -59,7 +64,7 @@ __all__ = ["SELECTORS", "DEFAULT_BATCHES", "derive", "run_derive", "derive_from_
            # the pieces, for scripts and tests: reading runs, and the selection methods
            "SearchRun", "load_run", "load_supernet", "run_config", "PERTURB_ORDERS", "PerturbResult", "PerturbScorer",
            "onehot", "perturb_run", "perturb_select", "remove_candidate", "scoring_mode", "select_argmax",
-           "select_consensus", "select_perturb", "select_retrieval", "select_retrieval_pooled"]
+           "select_consensus", "select_perturb", "select_retrieval", "select_retrieval_pooled", "select_vote"]
 
 SELECTORS: Dict[str, Callable[..., Genotype]] = {
     "argmax": select_argmax,
@@ -67,6 +72,7 @@ SELECTORS: Dict[str, Callable[..., Genotype]] = {
     "consensus": select_consensus,
     "retrieval": select_retrieval,
     "retrieval-pooled": select_retrieval_pooled,
+    "vote": select_vote,
 }
 # validation batches per source when --batches is not given: retrieval's 2-standard-error gate
 # needs enough batches to resolve a difference (the test-bed protocol measured it with 16)
@@ -98,10 +104,12 @@ def default_select(searched: Sequence) -> str:
 
 def derive(run, select: str | None = None, checkpoint=None, batches: int | None = None, order: str = "fixed",
            data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
-           cost_budget: float | None = None, measure: bool = True) -> Genotype:
+           cost_budget: float | None = None, measure: bool = True, gate: float | None = None) -> Genotype:
     """The genotype of one run or several (`run`: a folder or a list of folders) by `select`
     (a key of SELECTORS; None = `default_select`); `batches` per source for perturb and retrieval
-    (None = DEFAULT_BATCHES).
+    (None = DEFAULT_BATCHES); `gate` for retrieval: the standard errors by which an IN candidate
+    must beat the simplest (None = retrieval.Z, 2; lower gates were measured to add IN sites
+    that differ from seed to seed: experiments/synthetic/FINDINGS.md).
 
     With a cost table (`cost_table`, else the first run's search.cost_table) the genotype
     records its deployment cost, and a budget (`cost_budget`, else the run's
@@ -125,8 +133,21 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
         r, s = frozen[0]
         raise OsnasError(f"{r.path} searched with search.weight_step={s.weight_step}: its alphas never moved, so "
                          f"{select} has nothing to read; derive it with --select retrieval-pooled (the default)")
-    batches = DEFAULT_BATCHES.get(select, 4) if batches is None else batches
-    g = SELECTORS[select](runs, batches=batches, order=order, data_root=data_root, device=device)
+    if gate is not None:
+        if select not in GALLERIES and select != "vote":
+            raise OsnasError(f"--gate is a setting of the retrieval selections ({', '.join(GALLERIES)}) and of vote, "
+                             f"not of {select}")
+        gate = check_gate(gate)
+
+    def select_alone(method: str, rs: list) -> Genotype:
+        kw = {"gate": gate} if gate is not None and method in GALLERIES else {}
+        n = DEFAULT_BATCHES.get(method, 4) if batches is None else batches
+        return SELECTORS[method](rs, batches=n, order=order, data_root=data_root, device=device, **kw)
+
+    if select == "vote":  # each run alone, by the selection its own search calls for
+        g = select_vote(runs, per_run=lambda r: select_alone(default_select([run_config(r).search]), [r]))
+    else:
+        g = select_alone(select, runs)
     return apply_budget(g, runs, cost_table, cost_budget, measure)
 
 
@@ -179,7 +200,7 @@ def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Ge
 def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int | None = None,
                order: str = "fixed",
                data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
-               cost_budget: float | None = None, measure: bool = True) -> Path:
+               cost_budget: float | None = None, measure: bool = True, gate: float | None = None) -> Path:
     """Derive and write the genotype file; a summary table on stderr, its path on stdout.
 
     `run`: one search run folder or a list of them; `out` defaults to RUN/genotype.yaml for
@@ -187,7 +208,7 @@ def run_derive(run, out=None, checkpoint=None, select: str | None = None, batche
     paths = _as_list(run)
     if out is None and len(paths) > 1:
         raise OsnasError(f"several runs ({', '.join(map(str, paths))}): give the genotype file to write with --out")
-    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure)
+    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure, gate)
     path = Path(out) if out else Path(paths[0]) / GENOTYPE
     g.save(path)
     print_summary(g, file=sys.stderr)
@@ -204,7 +225,13 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
           + f", sources {','.join(g.sources)}):", file=file)
     width = max([len(k) for k in g.positions] + [len("position")])
     cw = max([len(v["choice"]) for v in g.positions.values()] + [len("choice")])
-    if g.select in GALLERIES:
+    if g.select == "vote":
+        print(f"  {'position':<{width}}  {'choice':<{cw}}  {'votes':>5}  the runs' own choices", file=file)
+        for k, v in g.positions.items():
+            c, votes = v["choice"], v.get("votes", {})
+            print(f"  {k:<{width}}  {c:<{cw}}  {votes.get(c, 0):>2}/{len(g.runs):<2}  "
+                  + " ".join(v.get("run_choices", [])), file=file)
+    elif g.select in GALLERIES:
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'mAP %':>6}  {'agree':>5}  why", file=file)
         for k, v in g.positions.items():
             c = v["choice"]

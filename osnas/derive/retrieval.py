@@ -276,20 +276,35 @@ def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity:
     return path, [f[1] for f in final], [f[2] for f in final], sweeps
 
 
+def check_gate(z) -> float:
+    """The gate in standard errors (`osnas derive --gate`): a finite number >= 0."""
+    try:
+        v = float(z)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not v >= 0 or v == float("inf"):
+        raise OsnasError(f"--gate {z!r}: expected a number of standard errors >= 0 (default {Z:g})")
+    return v
+
+
 def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = None, device: str = "auto",
-                     gallery: str = "batch", **_):
+                     gallery: str = "batch", gate: float = Z, **_):
     """The subnet of best held-out retrieval mAP (module docstring), as a genotype.
 
     `positions[p]["scores"]` = each candidate's mAP at the final point (mean over the runs'
     validation batches), `positions[p]["gap_se"]` its distance below the best in standard
-    errors; with several runs `run_scores` per run, and `supported`: the candidates the choice
-    was made among (the simplest and each run's own pick at the final point, `supported`)."""
+    errors, `positions[p]["gate_se"]` the gate it was chosen with (`gate`: IN must beat the
+    simplest candidate by more than this many standard errors); with several runs `run_scores`
+    per run, and `supported`: the candidates the choice was made among (the simplest and each
+    run's own pick at the final point, `supported`)."""
+    z = check_gate(gate)
     space = runs[0].space
     simplicity = [p.in_counts for p in space.positions]
     scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
     pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
     start = [p.simplest for p in space.positions]  # no IN: the null answer
-    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, run_scores=[sc.per_batch for sc in scorers])
+    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, z=z,
+                                               run_scores=[sc.per_batch for sc in scorers])
     rnd = 6
 
     def alt(i, c):
@@ -298,14 +313,14 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
     def run_rows(sc, i):  # one run's scores of every candidate at position i, the others at the final point
         return [sc.per_batch(alt(i, c)) for c in range(len(simplicity[i]))]
 
-    per_run = [[pick(run_rows(sc, i), s)[0] for i, s in enumerate(simplicity)] for sc in scorers]
+    per_run = [[pick(run_rows(sc, i), s, z)[0] for i, s in enumerate(simplicity)] for sc in scorers]
     extra = []
     for i, p in enumerate(space.positions):
         e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
-             "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}}
+             "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}, "gate_se": z}
         if len(runs) > 1:
             e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
-            e["supported"] = [p.names[c] for c in supported([run_rows(sc, i) for sc in scorers], simplicity[i])]
+            e["supported"] = [p.names[c] for c in supported([run_rows(sc, i) for sc in scorers], simplicity[i], z)]
         extra.append(e)
     probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
     name = next(s for s, g in GALLERIES.items() if g == gallery)
