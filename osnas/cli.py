@@ -59,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a measured cost table: skip timing the derived network (record the prediction only)")
     p.add_argument("--gate", type=float, default=None, metavar="Z",
                    help="retrieval, retrieval-pooled (and vote over such runs): an IN candidate must beat the "
-                        "simplest by more than Z "
-                        "standard errors (default 2; recorded as gate_se per position)")
+                        "simplest by more than Z standard errors (default 2; recorded as gate_se per position)")
 
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
