@@ -419,10 +419,13 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     sjobs = [dict(base, seed=s, overrides=[o.format(cost_table=table_file) for o in SEARCHES[v]] + extra,
                   out=str(out / "search" / v / f"seed{s}")) for v in variants for s in range(1, need[v] + 1)]
     pool.map(search, sjobs, f"{name}: searches")
+
+    def answer_runs(m: str, s: int) -> list:  # the search runs one seed (answer) of method m reads
+        return [str(out / "search" / v / f"seed{j}") for v in searches_of(m) for j in answer_seeds(m, s)]
+
     djobs = []
     for m in a.methods:
-        runs = [[str(out / "search" / v / f"seed{j}") for v in searches_of(m) for j in answer_seeds(m, s)]
-                for s in seeds]  # per seed (answer) of the method
+        runs = [answer_runs(m, s) for s in seeds]
         if m == "consensus":
             djobs.append(dict(root=root, method=m, seed="all", runs=[r for rs in runs for r in rs], select="consensus",
                               out=str(out / "derived" / f"{m}.yaml")))
@@ -453,10 +456,8 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
                   choices=[c for c in randoms]) for v in ranked for s in seeds]
     for m in [m for m in RETRIEVAL_METHODS if m in a.methods]:
         ranked.append(m)
-        kjobs += [dict(root=root, runs=[str(out / "search" / v / f"seed{j}") for v in searches_of(m)
-                                        for j in answer_seeds(m, s)],
-                       batches=RETRIEVAL_BATCHES, choices=[c for c in randoms], scorer=TAU_SCORER.get(m, SELECT[m]))
-                  for s in seeds]
+        kjobs += [dict(root=root, runs=answer_runs(m, s), batches=RETRIEVAL_BATCHES, choices=[c for c in randoms],
+                       scorer=TAU_SCORER.get(m, SELECT[m])) for s in seeds]
     # every supernet a retrieval method reads is scored once, two at a time; the methods then pool the cached units
     ujobs = list({(j["runs"][i], j["scorer"]): dict(j, runs=[j["runs"][i]]) for j in kjobs if "runs" in j
                   for i in range(len(j["runs"]))}.values())

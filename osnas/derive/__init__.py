@@ -145,7 +145,8 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
         return SELECTORS[method](rs, batches=n, order=order, data_root=data_root, device=device, **kw)
 
     if select == "vote":  # each run alone, by the selection its own search calls for
-        g = select_vote(runs, per_run=lambda r: select_alone(default_select([run_config(r).search]), [r]))
+        own = {r.path: default_select([s]) for r, s in zip(runs, searched)}
+        g = select_vote(runs, per_run=lambda r: select_alone(own[r.path], [r]))
     else:
         g = select_alone(select, runs)
     return apply_budget(g, runs, cost_table, cost_budget, measure)
