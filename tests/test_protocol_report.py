@@ -309,3 +309,14 @@ def test_a_resumed_search_counts_its_running_time_only(tmp_path):
     assert run_protocol.search_minutes(tmp_path) == pytest.approx(1.5)
     (tmp_path / "log.txt").write_text("00:00:00 search\n00:01:00 epoch 1\n")  # never finished
     assert run_protocol.search_minutes(tmp_path) != run_protocol.search_minutes(tmp_path)  # nan
+
+
+def test_the_header_gives_each_search_its_own_steps(tmp_path):
+    """A search variant's budget comes from its run's config.yaml, not the configuration file's
+    search.epochs (which is the leave-one-domain-out search's only)."""
+    run_protocol = pytest.importorskip("run_protocol")
+    (tmp_path / "config.yaml").write_text("search:\n  epochs: 14\n  steps_per_epoch: 25\n")
+    assert run_protocol.search_steps(tmp_path) == 350
+    c = {"search_steps": 150, "search_steps_by_variant": {"uniform": 350, "sampled-unseen": 250}}
+    assert results_protocol._search_steps_text(c) == "search steps uniform 350, sampled-unseen 250"
+    assert results_protocol._search_steps_text({"search_steps": 150}) == "search 150 steps"  # an older summary

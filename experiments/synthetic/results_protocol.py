@@ -442,8 +442,7 @@ def write_results(summaries: dict, results: Path, out: Path, argv, seconds: floa
     for name, s in summaries.items():
         c = s["config"]
         lines += [f"## Configuration `{name}`: {', '.join(c['sources'])} → {', '.join(c['targets'])}", "",
-                  f"Space `{c['space']}`, {c['arch']}, search {c['search_steps']} steps, retrain "
-                  f"{c['retrain_steps']} steps.", ""]
+                  f"Space `{c['space']}`, {c['arch']}, {_search_steps_text(c)}, retrain {c['retrain_steps']} steps.", ""]
         n = s["noise"]
         lines += ["### Noise floor", "",
                   f"OSNet-AIN retrained with {len(n['mAP'])} seeds: held-out mAP {_ms(n['mAP'])}, rank-1 "
@@ -557,6 +556,15 @@ def paired_methods_section(s: dict, noise: float) -> list:
         cells = [f"{pct(r[k]['diff_mean'])} ± {pct(r[k]['diff_std'])}" for k in ("vs_osnet_ain", "vs_osnet")]
         lines.append(f"| {m} | {ch} | {_ms(r['mAP'])} | {cells[0]} | {cells[1]} |")
     return lines + [""]
+
+
+def _search_steps_text(c: dict) -> str:
+    """The header's search budget: each search variant's own steps where the summary has them (the
+    configuration's search.epochs is the leave-one-domain-out search's only)."""
+    by = c.get("search_steps_by_variant")
+    if not by:
+        return f"search {c['search_steps']} steps"
+    return "search steps " + ", ".join(f"{v} {n}" for v, n in by.items())
 
 
 def main():

@@ -562,6 +562,8 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
     summary["budgets"] = budgets
     summary["search_minutes"] = {v: [search_minutes(out / "search" / v / f"seed{sd}") for sd in range(1, need[v] + 1)]
                                  for v in variants}
+    # each search variant's own budget (the configuration's search.epochs is only lodo's), from its runs' config.yaml
+    summary["config"]["search_steps_by_variant"] = {v: search_steps(out / "search" / v / "seed1") for v in variants}
     # where each search's alphas ended: per seed, every position's probabilities (final_alphas.json)
     summary["final_probs"] = {v: [{k: p["probs"] for k, p in json.loads(
         (out / "search" / v / f"seed{sd}" / "final_alphas.json").read_text())["positions"].items()} for sd in seeds]
@@ -632,6 +634,14 @@ def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency:
                               all_bn_iqr_ms=latency["all_bn"]["iqr_ms"],
                               osnet_relative=latency[_plan_id(arch["osnet"])]["relative"],
                               osnet_relative_iqr=latency[_plan_id(arch["osnet"])]["relative_iqr"])
+
+
+def search_steps(run_dir) -> int:
+    """The weight steps a search ran (search.epochs x search.steps_per_epoch of its own config.yaml)."""
+    import yaml
+
+    c = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["search"]
+    return int(c["epochs"]) * int(c["steps_per_epoch"])
 
 
 def search_minutes(run_dir) -> float:
