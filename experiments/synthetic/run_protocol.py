@@ -638,10 +638,12 @@ def _add_latency(summary: dict, arch: dict, derived: list, djobs: list, latency:
 
 def search_steps(run_dir) -> int:
     """The weight steps a search ran (search.epochs x search.steps_per_epoch of its own config.yaml)."""
-    import yaml
+    from osnas.config import build_config
+    from osnas.rundir import CONFIG
+    from osnas.utils import load_yaml
 
-    c = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["search"]
-    return int(c["epochs"]) * int(c["steps_per_epoch"])
+    cfg = build_config(base=load_yaml(Path(run_dir) / CONFIG, "run config"))
+    return cfg.search.epochs * cfg.search.steps_per_epoch
 
 
 def search_minutes(run_dir) -> float:
