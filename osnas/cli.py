@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", type=float, default=None, metavar="Z",
                    help="retrieval, retrieval-pooled (and vote over such runs): an IN candidate must beat the "
                         "simplest by more than Z standard errors (default 2; recorded as gate_se per position)")
+    p.add_argument("--stem-first", action="store_true",
+                   help="retrieval, retrieval-pooled (and vote over such runs): once a run's answer is found, move "
+                        "one block IN site to the stem where that scores no lower than the gate allows (recorded "
+                        "as stem_first on the stem position)")
 
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
@@ -161,7 +165,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
         run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint, select=args.select, batches=args.batches,
                    order=args.order, data_root=args.data_root, device=args.device, cost_table=args.cost_table,
-                   cost_budget=args.cost_budget, measure=not args.no_measure, gate=args.gate)
+                   cost_budget=args.cost_budget, measure=not args.no_measure, gate=args.gate,
+                   stem_first=args.stem_first)
     elif cmd == "retrain":
         from osnas.retrain import run_retrain
 

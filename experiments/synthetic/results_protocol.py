@@ -35,6 +35,8 @@ METHOD_TEXT = {
                     "plain step, 275 steps)",
     "vote3": "(d') per seed, three (b'') runs each derived alone by retrieval-pooled, the majority per position "
              "(three times the budget)",
+    "vote3-stem": "(d'') the (d') vote with each run derived --stem-first: a run's block IN site moves to the "
+                  "stem where that costs no more than the gate",
 }
 
 
@@ -264,8 +266,8 @@ def projection_section(s: dict) -> list:
 
 BENCH = HERE.parent / "benchmarks" / "bench_search_step.json"
 STEP_KEYS = {  # the bench's whole-step rows the targets quote, and how they read
-    "weight step: supernet (sampled path)": "uniform path, no alpha step (uniform, uniform-pooled, vote3: the "
-                                            "default, three such searches per answer; the pairs' first half)",
+    "weight step: supernet (sampled path)": "uniform path, no alpha step (uniform, uniform-pooled, vote3, "
+                                            "vote3-stem: three such searches per answer; the pairs' first half)",
     "search step: sampled path, first-order, alpha_every=2": "sampled path, alpha step every 2 (the sampled methods; "
                                                              "pair-pooled's second half)",
     "search step: first-order, alpha_every=1": "mixed weight step, alpha step every step (lodo)",

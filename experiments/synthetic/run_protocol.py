@@ -44,6 +44,8 @@ testbed_geometry.yaml: shift IN cannot remove, where IN should not help):
                    vote3      per seed, three uniform runs (seeds 3s-2 .. 3s), each derived
                               alone by retrieval-pooled, the majority per position (derive
                               --select vote; three times the search budget): the default
+                   vote3-stem   vote3 with each run derived --stem-first: a run's block IN
+                              site moves to the stem where that costs no more than the gate
                  per method: seed agreement, percentile of each derived genotype in the
                  yardstick distribution, held-out mAP;
 4. ranking       Kendall tau between the supernet's held-out score of each yardstick
@@ -94,7 +96,8 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {"style": HERE / "testbed_style.yaml", "geometry": HERE / "testbed_geometry.yaml"}
 NAMED = ("osnet", "osnet_ibn", "osnet_ain")
 METHODS = ("argmax", "perturb", "consensus", "anneal", "unseen", "sampled", "sampled-unseen", "sampled-budget",
-           "retrieval", "retrieval-pooled", "uniform", "uniform-pooled", "pair-pooled", "pair3-pooled", "vote3")
+           "retrieval", "retrieval-pooled", "uniform", "uniform-pooled", "pair-pooled", "pair3-pooled", "vote3",
+           "vote3-stem")
 BUDGET = 1.03  # sampled-budget's latency budget, relative to the all-BN network on the LATENCY path
 # about the same budget in plain OSNet steps (experiments/benchmarks/bench_search_step.json, stem searched, x1.0):
 # lodo 150 steps at 2.1x (316), sampled 250 at 1.48x (370), uniform 350 at 1.01x (354). The budgets were set
@@ -118,13 +121,14 @@ METHOD_SEARCH = {"argmax": "lodo", "perturb": "lodo", "consensus": "lodo", "anne
                  "sampled": "sampled", "sampled-unseen": "sampled-unseen", "sampled-budget": "sampled-budget",
                  "retrieval": "sampled-unseen", "retrieval-pooled": "sampled-unseen", "uniform": "uniform",
                  "uniform-pooled": "uniform", "pair-pooled": ("uniform", "sampled-unseen"),
-                 "pair3-pooled": ("uniform", "sampled3-unseen"), "vote3": "uniform"}
+                 "pair3-pooled": ("uniform", "sampled3-unseen"), "vote3": "uniform", "vote3-stem": "uniform"}
 SELECT = {"perturb": "perturb", "consensus": "consensus", "retrieval": "retrieval",  # derive --select (else argmax)
           "retrieval-pooled": "retrieval-pooled", "uniform": "retrieval", "uniform-pooled": "retrieval-pooled",
-          "pair-pooled": "retrieval-pooled", "pair3-pooled": "retrieval-pooled", "vote3": "vote"}
+          "pair-pooled": "retrieval-pooled", "pair3-pooled": "retrieval-pooled", "vote3": "vote", "vote3-stem": "vote"}
+STEM_FIRST = ("vote3-stem",)  # methods derived with --stem-first
 # methods whose every answer combines several searches of its variant: answer s reads the seeds
 # (s-1)*K+1 .. s*K (vote3: three uniform supernets, each derived alone, the majority per position)
-RUNS_PER_ANSWER = {"vote3": 3}
+RUNS_PER_ANSWER = {"vote3": 3, "vote3-stem": 3}
 
 
 def searches_of(method: str) -> tuple:
@@ -142,10 +146,10 @@ def answer_seeds(method: str, seed: int) -> list:
 RETRIEVAL_BATCHES = 16  # validation (and recalibration) batches of the unseen source per subnet score
 # their supernets' retrieval scores rank the yardstick (tau by method), with the gallery their derive uses
 RETRIEVAL_METHODS = ("retrieval", "retrieval-pooled", "uniform", "uniform-pooled", "pair-pooled", "pair3-pooled",
-                     "vote3")
+                     "vote3", "vote3-stem")
 # the retrieval score each method's tau reads: its derive's own, and for the vote (which adds up answers, not
 # scores) the retrieval-pooled units of the answer's supernets pooled, as the pairs pool theirs
-TAU_SCORER = {"vote3": "retrieval-pooled"}
+TAU_SCORER = {"vote3": "retrieval-pooled", "vote3-stem": "retrieval-pooled"}
 RANKED = ("lodo", "sampled")  # the search variants whose supernets score the yardstick (Kendall tau)
 # ... and whose stem verdicts are compared
 PROJECTED = ("lodo", "sampled", "unseen", "sampled-unseen", "sampled3-unseen")
@@ -245,7 +249,7 @@ def derive(job: dict) -> dict:
     if not out.is_file():
         t0 = time.time()
         run_derive(job["runs"] if len(job["runs"]) > 1 else job["runs"][0], out=str(out), select=job["select"],
-                   data_root=job["root"], batches=job.get("batches", 4),
+                   data_root=job["root"], batches=job.get("batches", 4), stem_first=job.get("stem_first", False),
                    measure=False)  # timed later, all together, with the machine idle
         took.write_text(f"{time.time() - t0:.1f}\n")
     g = load_genotype(out)
@@ -432,6 +436,7 @@ def run_config(name: str, cfg_file: Path, a, pool: Pool, sizes: dict) -> dict:
         else:
             djobs += [dict(root=root, method=m, seed=s, runs=rs, select=SELECT.get(m, "argmax"),
                            batches=RETRIEVAL_BATCHES if SELECT.get(m) in (*GALLERIES, "vote") else 4,
+                           stem_first=m in STEM_FIRST,
                            out=str(out / "derived" / f"{m}-seed{s}.yaml")) for s, rs in zip(seeds, runs)]
     derived = pool.map(derive, djobs, f"{name}: derive ({', '.join(a.methods)})")
     rjobs, seen = [], set(by_out)

@@ -20,7 +20,8 @@ seedN/search-NAME, retrain-searched-NAME, eval-NAME; the reference retrains are 
 
 A recipe can also search nothing and derive from two recipes' searches of each seed together
 (`--pair A,B`: `osnas derive --run seedN/search-A seedN/search-B`), as the protocol's default
-`pair-pooled` does; its genotype goes to seedN/search-NAME/genotype.yaml.
+`pair-pooled` does, or from one other recipe's search derived again with other settings
+(`--from A`, e.g. with `--stem-first`); its genotype goes to seedN/search-NAME/genotype.yaml.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main():
     ap.add_argument("--select", default=None, help="derive --select (default: what the run's settings call for)")
     ap.add_argument("--pair", default=None, metavar="A,B",
                     help="search nothing: derive each seed from the searches of recipes A and B together")
+    ap.add_argument("--from", dest="from_recipe", default=None, metavar="A",
+                    help="search nothing: derive each seed from recipe A's search again (with --select, --stem-first)")
+    ap.add_argument("--stem-first", action="store_true", help="derive --stem-first")
     ap.add_argument("--compare", action="store_true",
                     help="run nothing: table every recipe found under --out against the reference retrains")
     a = ap.parse_args()
@@ -98,8 +102,8 @@ def main():
     missing = [str(r) for s in seeds for r in _pair_runs(Path(a.out), s, pair)
                if not (r / "final_alphas.json").is_file()]
     if missing:  # before any training: a pair derives from searches that must be there
-        raise OsnasError(f"--pair {','.join(pair)}: no finished search in {', '.join(missing)}; run those recipes "
-                         "first (--recipe NAME --search-set ...)")
+        raise OsnasError(f"--{'from' if a.from_recipe else 'pair'} {','.join(pair)}: no finished search in "
+                         f"{', '.join(missing)}; run those recipes first (--recipe NAME --search-set ...)")
     from osnas.config import build_config
     from osnas.data import data_root
     from osnas.data.synth import ensure_synth
@@ -122,16 +126,18 @@ def main():
         sdir = out / f"seed{seed}"
         search = sdir / f"search{tag}"
         gpath = search / "genotype.yaml"
-        if pair:  # no search of its own: the two recipes' searches of this seed, derived together
+        if pair:  # no search of its own: the other recipes' searches of this seed (two: derived together)
             if not gpath.is_file():
                 search.mkdir(parents=True, exist_ok=True)
-                run_derive([str(r) for r in _pair_runs(out, seed, pair)], out=str(gpath), select=a.select)
+                runs = [str(r) for r in _pair_runs(out, seed, pair)]
+                run_derive(runs if len(runs) > 1 else runs[0], out=str(gpath), select=a.select,
+                           stem_first=a.stem_first)
         elif not (search / "final_alphas.json").is_file():
             resume = (search / "checkpoint.pth").is_file()
             run_search(data_root=str(root), config_file=a.config, out=str(search), resume=resume,
                        overrides=[] if resume else [f"run.seed={seed}", *a.search_set])
         if not gpath.is_file():
-            run_derive(search, select=a.select)
+            run_derive(search, select=a.select, stem_first=a.stem_first)
         genotypes[seed] = load_genotype(gpath)
         ckpts = []
         for name in MODELS:
@@ -144,7 +150,15 @@ def main():
 
 
 def _pair_recipes(a) -> list:
-    """--pair A,B as the two recipe names, after checking the arguments agree ([] without --pair)."""
+    """--pair A,B as the two recipe names, or --from A as one, after checking the arguments agree
+    ([] without either)."""
+    src = getattr(a, "from_recipe", None)
+    if src is not None:
+        if a.pair is not None or src.strip() in ("", a.recipe, "lodo") or "," in src or a.search_set:
+            raise OsnasError(f"--from {src!r} --recipe {a.recipe}: expected one other recipe's name (not lodo), "
+                             "without --pair or --search-set (the search is that recipe's), e.g. --recipe "
+                             "uniform-pooled-stem --from uniform-pooled --stem-first")
+        return [src.strip()]
     if a.pair is None:
         return []
     pair = [r.strip() for r in a.pair.split(",") if r.strip()]
@@ -175,7 +189,8 @@ def write_results(a, cfg, gap, per_seed, genotypes, seconds):
              f"with `{Path(a.config).name}` ({cfg.model.arch}, {cfg.data.height}x{cfg.data.width}, search "
              f"{cfg.search.epochs}x{cfg.search.steps_per_epoch} steps {cfg.search.order}-order {cfg.search.objective}"
              + (f", recipe {a.recipe}: {' '.join(a.search_set)}" if a.search_set else "")
-             + (f", derive --select {a.select}" if a.select else "") + ", "
+             + (f", derive --select {a.select}" if a.select else "")
+             + (" --stem-first" if getattr(a, "stem_first", False) else "") + ", "
              f"retrain {cfg.train.epochs}x{cfg.train.steps_per_epoch} steps of {cfg.data.batch_size} images). "
              f"Wall time {seconds / 60:.0f} min. Sources {', '.join(cfg.data.sources)}; held-out target "
              f"{', '.join(targets)}. Values are percentages.", "",
@@ -242,15 +257,16 @@ def compare_recipes(out: Path, results: str) -> None:
         for i, s in enumerate(ran):
             search = out / f"seed{s}" / e.replace("eval", "search")
             genotype = load_yaml(search / "genotype.yaml")
-            if i == 0 and not (search / "config.yaml").is_file():  # --pair: two recipes' searches
+            derive = genotype.get("select", "?") + (
+                " --stem-first" if "stem_first" in ((genotype.get("positions") or {}).get("stem") or {}) else "")
+            if i == 0 and not (search / "config.yaml").is_file():  # --pair or --from: other recipes' searches
                 paired = [Path(r).name.replace("search-", "", 1) for r in genotype.get("runs") or []]
-                recipes.append(f"| {name} | the searches of {' and '.join(paired)}, derived together | | | | | "
-                               f"{genotype.get('select', '?')} |")
+                how = "derived together" if len(paired) > 1 else "derived again"
+                recipes.append(f"| {name} | the searches of {' and '.join(paired)}, {how} | | | | | {derive} |")
             elif i == 0:  # the recipe, as its first seed's search ran it
                 c = load_yaml(search / "config.yaml")["search"]
                 recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
-                               f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | "
-                               f"{genotype.get('select', '?')} |")
+                               f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | {derive} |")
             models = json.loads((out / f"seed{s}" / e / "metrics.json").read_text())["models"]
             m.append({k.split("-")[0]: statistics.mean(t["mAP"] for t in v["targets"].values())
                       for k, v in models.items()})

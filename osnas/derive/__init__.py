@@ -1,7 +1,7 @@
 """`osnas derive`: freeze the answer of one or more search runs into a genotype file.
 
     osnas derive --run RUN [RUN ...] [--select argmax|perturb|consensus|retrieval|retrieval-pooled|vote] [--out FILE]
-                 [--gate Z]
+                 [--gate Z] [--stem-first]
 
 Selection methods (SELECTORS; the default is retrieval-pooled for runs of
 `search.weight_step=uniform` (their alphas never move) or `search.objective=unseen` (a source the
@@ -30,6 +30,10 @@ retrieval-pooled  the same, scored on the validation batches pooled into one gal
            standard error over identities instead of batches (a harder retrieval that does
            not saturate where one batch's few identities are easy for every subnet).
 
+--stem-first (retrieval, and a vote over runs derived by it): once a run's answer is found, a
+block IN site moves to the stem where that scores no lower than the gate allows
+(retrieval.move_to_stem): the shallow-first prior of the ascent order, applied across positions.
+
 One file per method: alphas.py (argmax, consensus), perturb.py, retrieval.py, vote.py; runs.py reads
 the runs and assembles the genotype with its provenance; this file is the entry point.
 
@@ -52,7 +56,7 @@ import torch
 from osnas.derive.alphas import select_argmax, select_consensus
 from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
                                   perturb_select, remove_candidate, scoring_mode, select_perturb)
-from osnas.derive.retrieval import GALLERIES, check_gate, select_retrieval, select_retrieval_pooled
+from osnas.derive.retrieval import GALLERIES, check_gate, select_retrieval, select_retrieval_pooled, stem_index
 from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
 from osnas.derive.vote import select_vote
 from osnas.errors import OsnasError
@@ -104,12 +108,15 @@ def default_select(searched: Sequence) -> str:
 
 def derive(run, select: str | None = None, checkpoint=None, batches: int | None = None, order: str = "fixed",
            data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
-           cost_budget: float | None = None, measure: bool = True, gate: float | None = None) -> Genotype:
+           cost_budget: float | None = None, measure: bool = True, gate: float | None = None,
+           stem_first: bool = False) -> Genotype:
     """The genotype of one run or several (`run`: a folder or a list of folders) by `select`
     (a key of SELECTORS; None = `default_select`); `batches` per source for perturb and retrieval
     (None = DEFAULT_BATCHES); `gate` for retrieval: the standard errors by which an IN candidate
     must beat the simplest (None = retrieval.Z, 2; lower gates were measured to add IN sites
-    that differ from seed to seed: experiments/synthetic/FINDINGS.md).
+    that differ from seed to seed: experiments/synthetic/FINDINGS.md); `stem_first` for retrieval
+    (and a vote over runs derived by it): a block IN site moves to the stem where that costs no
+    more than the gate (retrieval.move_to_stem).
 
     With a cost table (`cost_table`, else the first run's search.cost_table) the genotype
     records its deployment cost, and a budget (`cost_budget`, else the run's
@@ -129,6 +136,14 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
     searched = [run_config(r).search for r in runs]
     frozen = [(r, s) for r, s in zip(runs, searched) if s.weight_step in FROZEN_STEPS]
     select = select or default_select(searched)
+    own = {r.path: default_select([s]) for r, s in zip(runs, searched)}  # vote: each run by its own selection
+    if stem_first:
+        alone = [m for m in own.values() if m not in GALLERIES] if select == "vote" else \
+            ([] if select in GALLERIES else [select])
+        if alone:
+            raise OsnasError(f"--stem-first is a setting of the retrieval selections ({', '.join(GALLERIES)}) and of a "
+                             f"vote over runs derived by them, not of {alone[0]}")
+        stem_index(runs[0].space)
     if frozen and select in ("argmax", "consensus"):
         r, s = frozen[0]
         raise OsnasError(f"{r.path} searched with search.weight_step={s.weight_step}: its alphas never moved, so "
@@ -141,11 +156,12 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
 
     def select_alone(method: str, rs: list) -> Genotype:
         kw = {"gate": gate} if gate is not None and method in GALLERIES else {}
+        if stem_first and method in GALLERIES:
+            kw["stem_first"] = True
         n = DEFAULT_BATCHES.get(method, 4) if batches is None else batches
         return SELECTORS[method](rs, batches=n, order=order, data_root=data_root, device=device, **kw)
 
     if select == "vote":  # each run alone, by the selection its own search calls for
-        own = {r.path: default_select([s]) for r, s in zip(runs, searched)}
         g = select_vote(runs, per_run=lambda r: select_alone(own[r.path], [r]))
     else:
         g = select_alone(select, runs)
@@ -201,7 +217,8 @@ def derive_from_run(run: str | Path, checkpoint: str | Path | None = None) -> Ge
 def run_derive(run, out=None, checkpoint=None, select: str | None = None, batches: int | None = None,
                order: str = "fixed",
                data_root: str | None = None, device: str = "auto", cost_table: str | None = None,
-               cost_budget: float | None = None, measure: bool = True, gate: float | None = None) -> Path:
+               cost_budget: float | None = None, measure: bool = True, gate: float | None = None,
+               stem_first: bool = False) -> Path:
     """Derive and write the genotype file; a summary table on stderr, its path on stdout.
 
     `run`: one search run folder or a list of them; `out` defaults to RUN/genotype.yaml for
@@ -209,7 +226,8 @@ def run_derive(run, out=None, checkpoint=None, select: str | None = None, batche
     paths = _as_list(run)
     if out is None and len(paths) > 1:
         raise OsnasError(f"several runs ({', '.join(map(str, paths))}): give the genotype file to write with --out")
-    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure, gate)
+    g = derive(paths, select, checkpoint, batches, order, data_root, device, cost_table, cost_budget, measure, gate,
+               stem_first)
     path = Path(out) if out else Path(paths[0]) / GENOTYPE
     g.save(path)
     print_summary(g, file=sys.stderr)
@@ -232,12 +250,20 @@ def print_summary(g: Genotype, file=sys.stderr) -> None:
             c, votes = v["choice"], v.get("votes", {})
             print(f"  {k:<{width}}  {c:<{cw}}  {votes.get(c, 0):>2}/{len(g.runs):<2}  "
                   + " ".join(v.get("run_choices", [])), file=file)
+            for run, rec in zip(g.runs, v.get("run_stem_first", [])):
+                if rec and rec.get("moved_from"):
+                    print(f"    stem first: {run}: IN moved from {rec['moved_from']} to the {k} "
+                          f"({rec['tried'][rec['moved_from']]:+.1f} SE, gate {rec['gate_se']:g})", file=file)
     elif g.select in GALLERIES:
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'mAP %':>6}  {'agree':>5}  why", file=file)
         for k, v in g.positions.items():
             c = v["choice"]
+            rec = v.get("stem_first") or {}
+            why = (f"IN moved here from {rec['moved_from']} (--stem-first: {rec['tried'][rec['moved_from']]:+.1f} SE, "
+                   f"gate {rec['gate_se']:g})") if rec.get("moved_from") else \
+                _retrieval_why(c, v["scores"], v["gap_se"], v.get("supported"))
             print(f"  {k:<{width}}  {c:<{cw}}  {100 * v['scores'][c]:>6.2f}  {g.agreement.get(k, 1.0):>5.2f}  "
-                  + _retrieval_why(c, v["scores"], v["gap_se"], v.get("supported")), file=file)
+                  + why, file=file)
     else:
         perturb = any("scores" in v for v in g.positions.values())
         print(f"  {'position':<{width}}  {'choice':<{cw}}  {'prob':>6}" + (f"  {'drop':>10}" if perturb else "")

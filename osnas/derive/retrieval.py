@@ -53,10 +53,20 @@ score missed the IN stem there in 4 of 5 seeds; pooled, it found it in 4 of 5. O
 (two configurations x two kinds of supernet) pooling raised the agreement across seeds in 3 of
 the 4 and the worst seed's percentile among random architectures in 3 of the 4
 (experiments/synthetic/RESULTS.md, RESULTS_synth_recipes.md).
+
+--stem-first (`stem_first`) applies the same shallow-first prior across positions once the ascent
+has stopped. An answer with a BN stem and IN at block sites is a supernet that wants appearance
+removed somewhere but has placed it by its own training trajectory: on the test-bed's `style`
+configuration 8 of 30 uniform supernets put one or two block sites and no two the same, where
+19 put IN in the stem (experiments/synthetic/FINDINGS.md). For each such site the path with that
+site back at its simplest candidate and IN in the stem is scored on the same units, paired; the
+best of them replaces the answer unless it scores below it by more than the gate. The record
+(`stem_first` on the stem position) keeps every tried site's difference in standard errors.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -242,6 +252,18 @@ def supported(run_rows: Sequence[Sequence[Sequence[float]]], simplicity: Sequenc
     return sorted({simplest} | {pick(rows, simplicity, z)[0] for rows in run_rows})
 
 
+def _position(per_batch, simplicity, path, i, z, run_scores=()):
+    """Position i of `path` decided by `pick` with the others fixed: (choice, mean score of each
+    candidate, its gap to the best in standard errors). With several runs (`run_scores`) the
+    choice is made among the `supported` candidates only."""
+    paths = [path[:i] + [c] + path[i + 1:] for c in range(len(simplicity[i]))]
+    rows = [per_batch(p) for p in paths]
+    allowed = supported([[f(p) for p in paths] for f in run_scores], simplicity[i], z) \
+        if len(run_scores) > 1 else None
+    choice, gaps = pick(rows, simplicity[i], z, allowed)
+    return choice, [sum(r) / len(r) for r in rows], gaps
+
+
 def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity: Sequence[Sequence[int]],
                       start: Sequence[int], z: float = Z, sweeps: int = SWEEPS,
                       run_scores: Sequence[Callable[[List[int]], List[float]]] = ()):
@@ -255,12 +277,7 @@ def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity:
     sizes = [len(s) for s in simplicity]
 
     def position(i):
-        paths = [path[:i] + [c] + path[i + 1:] for c in range(sizes[i])]
-        rows = [per_batch(p) for p in paths]
-        allowed = supported([[f(p) for p in paths] for f in run_scores], simplicity[i], z) \
-            if len(run_scores) > 1 else None
-        choice, gaps = pick(rows, simplicity[i], z, allowed)
-        return choice, [sum(r) / len(r) for r in rows], gaps
+        return _position(per_batch, simplicity, path, i, z, run_scores)
 
     for sweep in range(1, sweeps + 1):
         changed, means, gaps = False, [], []
@@ -276,6 +293,51 @@ def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity:
     return path, [f[1] for f in final], [f[2] for f in final], sweeps
 
 
+def stem_index(space) -> int:
+    """The index of the position that searches the stem; an OsnasError where the space does not."""
+    for i, p in enumerate(space.positions):
+        if p.unit == "stem" and max(p.in_counts) > 0:
+            return i
+    raise OsnasError(f"--stem-first moves IN into the stem, but space {space.name!r} does not search the stem "
+                     "(no position of unit 'stem' with an IN candidate)")
+
+
+def move_to_stem(per_batch: Callable[[List[int]], List[float]], space, path: Sequence[int],
+                 z: float = Z) -> Tuple[List[int], dict]:
+    """`path` with one block IN site moved to the stem, where that costs no more than `z`
+    standard errors (module docstring, --stem-first).
+
+    Applies when the stem is at its simplest candidate (BN) and some other position holds IN:
+    for each such position k the path with k at its simplest candidate and the stem at its IN
+    candidate is scored on the same units as `path` (per_batch: per-unit scores, paired); the
+    best by mean is taken unless its mean difference to `path` is below -z standard errors.
+    Returns (path, record): record["tried"] = {position: difference in standard errors},
+    record["moved_from"] = the position whose IN went to the stem (None: nothing moved)."""
+    path = [int(c) for c in path]
+    s = stem_index(space)
+    P = space.positions
+    stem = P[s]
+    record: dict = {"tried": {}, "moved_from": None, "gate_se": z}
+    sites = [k for k, p in enumerate(P) if k != s and p.in_counts[path[k]]]
+    if stem.in_counts[path[s]] or not sites:
+        return path, record
+    with_in = max(range(len(stem.names)), key=lambda c: (stem.in_counts[c] > 0, -stem.in_counts[c], -c))
+    base = per_batch(path)
+    best = None  # (mean difference, its standard error, position, path)
+    for k in sites:
+        q = list(path)
+        q[s], q[k] = with_in, P[k].simplest
+        m, se = _mean_se([a - b for a, b in zip(per_batch(q), base)])
+        record["tried"][P[k].name] = round(m / se, 3) if se > 0 else (0.0 if m == 0 else math.copysign(math.inf, m))
+        if best is None or m > best[0]:
+            best = (m, se, k, q)
+    m, se, k, q = best
+    if m >= -z * se:
+        record["moved_from"] = P[k].name
+        return q, record
+    return path, record
+
+
 def check_gate(z) -> float:
     """The gate in standard errors (`osnas derive --gate`): a finite number >= 0."""
     try:
@@ -288,7 +350,7 @@ def check_gate(z) -> float:
 
 
 def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = None, device: str = "auto",
-                     gallery: str = "batch", gate: float = Z, **_):
+                     gallery: str = "batch", gate: float = Z, stem_first: bool = False, **_):
     """The subnet of best held-out retrieval mAP (module docstring), as a genotype.
 
     `positions[p]["scores"]` = each candidate's mAP at the final point (mean over the runs'
@@ -296,15 +358,26 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
     errors, `positions[p]["gate_se"]` the gate it was chosen with (`gate`: IN must beat the
     simplest candidate by more than this many standard errors); with several runs `run_scores`
     per run, and `supported`: the candidates the choice was made among (the simplest and each
-    run's own pick at the final point, `supported`)."""
+    run's own pick at the final point, `supported`). `stem_first`: then move a block IN site to
+    the stem where that costs no more than the gate (`move_to_stem`, recorded as
+    `positions[stem]["stem_first"]`); the scores describe the final point after the move."""
     z = check_gate(gate)
     space = runs[0].space
+    if stem_first:
+        stem_index(space)  # a space without a searched stem: the error before any scoring
     simplicity = [p.in_counts for p in space.positions]
     scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
     pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
     start = [p.simplest for p in space.positions]  # no IN: the null answer
     chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, z=z,
                                                run_scores=[sc.per_batch for sc in scorers])
+    moved = None
+    if stem_first:
+        chosen, moved = move_to_stem(pooled, space, chosen, z)
+        if moved["moved_from"]:  # describe the new final point
+            final = [_position(pooled, simplicity, chosen, i, z, [sc.per_batch for sc in scorers])
+                     for i in range(len(chosen))]
+            means, gaps = [f[1] for f in final], [f[2] for f in final]
     rnd = 6
 
     def alt(i, c):
@@ -314,6 +387,8 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
         return [sc.per_batch(alt(i, c)) for c in range(len(simplicity[i]))]
 
     per_run = [[pick(run_rows(sc, i), s, z)[0] for i, s in enumerate(simplicity)] for sc in scorers]
+    if moved is not None and moved["moved_from"] and len(scorers) == 1:
+        per_run = [list(chosen)]  # one run's answer is its own choice: the move changes two positions at once
     extra = []
     for i, p in enumerate(space.positions):
         e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
@@ -321,6 +396,8 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
         if len(runs) > 1:
             e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
             e["supported"] = [p.names[c] for c in supported([run_rows(sc, i) for sc in scorers], simplicity[i], z)]
+        if moved is not None and p.unit == "stem":
+            e["stem_first"] = moved
         extra.append(e)
     probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
     name = next(s for s, g in GALLERIES.items() if g == gallery)

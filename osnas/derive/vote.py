@@ -30,8 +30,9 @@ def select_vote(runs: Sequence[SearchRun], per_run: Callable[[SearchRun], Genoty
     """The majority genotype of `runs`, each derived alone by `per_run(run)`.
 
     `positions[p]["votes"]` = runs per candidate chosen by any run; `positions[p]["run_choices"]`
-    = each run's own choice, in the order of `runs`; `agreement` = the chosen candidate's share
-    of the votes."""
+    = each run's own choice, in the order of `runs` (and `run_stem_first`, each run's
+    --stem-first record, where the runs were derived with it); `agreement` = the chosen
+    candidate's share of the votes."""
     if len(runs) < 2:
         raise OsnasError(f"select vote combines several runs, got {len(runs)}; derive one run with its own "
                          "selection (the default)")
@@ -47,7 +48,11 @@ def select_vote(runs: Sequence[SearchRun], per_run: Callable[[SearchRun], Genoty
         # the most votes; a tie goes to fewer IN sites, then to the earlier candidate of the space
         chosen.append(min((c for c in range(len(p.names)) if counts[c] == top), key=lambda c: (p.in_counts[c], c)))
         picks.append([p.names.index(n) for n in names])
-        extra.append({"votes": {n: k for n, k in zip(p.names, counts) if k},
-                      "run_choices": names, "run_select": sorted({g.select for g in alone})})
+        e = {"votes": {n: k for n, k in zip(p.names, counts) if k},
+             "run_choices": names, "run_select": sorted({g.select for g in alone})}
+        moves = [g.positions[p.name].get("stem_first") for g in alone]
+        if any(m is not None for m in moves):  # --stem-first: each run's own record, in the order of `runs`
+            e["run_stem_first"] = moves
+        extra.append(e)
     per_run_idx = [[picks[i][r] for i in range(len(picks))] for r in range(len(runs))]
     return _genotype(runs, "vote", chosen, _mean_probs(runs), _agreement(per_run_idx, chosen), extra)
