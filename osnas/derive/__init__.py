@@ -56,7 +56,7 @@ import torch
 from osnas.derive.alphas import select_argmax, select_consensus
 from osnas.derive.perturb import (PERTURB_ORDERS, PerturbResult, PerturbScorer, onehot, perturb_run,
                                   perturb_select, remove_candidate, scoring_mode, select_perturb)
-from osnas.derive.retrieval import GALLERIES, check_gate, select_retrieval, select_retrieval_pooled, stem_index
+from osnas.derive.retrieval import GALLERIES, check_gate, select_retrieval, select_retrieval_pooled
 from osnas.derive.runs import SearchRun, _check_same_space, load_run, load_supernet, run_config
 from osnas.derive.vote import select_vote
 from osnas.errors import OsnasError
@@ -143,7 +143,6 @@ def derive(run, select: str | None = None, checkpoint=None, batches: int | None 
         if alone:
             raise OsnasError(f"--stem-first is a setting of the retrieval selections ({', '.join(GALLERIES)}) and of a "
                              f"vote over runs derived by them, not of {alone[0]}")
-        stem_index(runs[0].space)
     if frozen and select in ("argmax", "consensus"):
         r, s = frozen[0]
         raise OsnasError(f"{r.path} searched with search.weight_step={s.weight_step}: its alphas never moved, so "

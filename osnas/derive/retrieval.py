@@ -386,9 +386,10 @@ def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = N
     def run_rows(sc, i):  # one run's scores of every candidate at position i, the others at the final point
         return [sc.per_batch(alt(i, c)) for c in range(len(simplicity[i]))]
 
-    per_run = [[pick(run_rows(sc, i), s, z)[0] for i, s in enumerate(simplicity)] for sc in scorers]
     if moved is not None and moved["moved_from"] and len(scorers) == 1:
         per_run = [list(chosen)]  # one run's answer is its own choice: the move changes two positions at once
+    else:
+        per_run = [[pick(run_rows(sc, i), s, z)[0] for i, s in enumerate(simplicity)] for sc in scorers]
     extra = []
     for i, p in enumerate(space.positions):
         e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
