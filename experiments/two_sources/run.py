@@ -18,11 +18,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from expkit import jobs, protocol  # noqa: E402
+from expkit import jobs, protocol, provenance  # noqa: E402
 
 CONFIGS = {"style2": HERE / "style2.yaml", "geometry2": HERE / "geometry2.yaml"}
-# the two alpha objectives with both sources in the weights; everything else is the package's default
-METHODS = {"identities": {"search": []}, "lodo": {"search": ["search.objective=lodo"]}}
+# round 1: the two alpha objectives with both sources in the weights; round 2 (README.md): each supernet
+# trained on one source and judged on the other; everything else is the package's default
+METHODS = {"identities": {"search": ["search.objective=identities"]}, "lodo": {"search": ["search.objective=lodo"]},
+           "unseen": {"search": ["search.objective=unseen"]}}
 SEEDS, ANSWERS = (1, 2, 3), (1, 2, 3)
 QUICK = ["search.epochs=2", "search.steps_per_epoch=4", "train.epochs=1", "train.steps_per_epoch=6"]
 
@@ -40,8 +42,11 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     pool = jobs.Pool(a.workers)
-    out = {"command": " ".join(["python", "experiments/two_sources/run.py"] + (argv or sys.argv[1:])),
-           "configs": {}}
+    from osnas.utils import environment
+
+    args = ["python", "experiments/two_sources/run.py"] + list(argv if argv is not None else sys.argv[1:])
+    out = {"command": provenance.command(args, a.out, a.data_root), "commit": provenance.commit(HERE),
+           "started": time.strftime("%Y-%m-%d %H:%M"), "environment": environment(), "configs": {}}
     for name, cfg in CONFIGS.items():
         d = load_yaml(cfg)["data"]
         ensure_synth(Path(a.data_root), d["sources"] + d["targets"])
