@@ -27,27 +27,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap.add_argument("--version", action="version", version=f"osnas {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    for add in (_search, _derive, _analyze, _retrain, _evaluate, _plot, _profile, _demo, _data, _info, _extract,
+                _export):
+        add(sub)
+    return ap
 
+
+def _search(sub) -> None:
     p = sub.add_parser("search", help="bilevel search of IN/BN placement over several source domains")
     _common(p)
-    p.add_argument("--space", default=None, help="search space name or YAML file")
+    p.add_argument("--space", default=None, help="search space name or YAML file (default osnet_stem_blocks)")
+    p.add_argument("--runs", type=int, default=None, metavar="N",
+                   help="supernets to train into the run folder, combined by derive's vote (default 3: "
+                        "search.runs)")
+    p.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="published torchreid ImageNet OSNet weights the supernets start from")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    p = sub.add_parser("derive", help="freeze the architecture of one or more search runs into a genotype file")
-    p.add_argument("--run", required=True, nargs="+", help="search run folder(s)")
+
+def _derive(sub) -> None:
+    p = sub.add_parser("derive", help="read the answer of a search into a genotype file")
+    p.add_argument("--run", required=True, nargs="+", help="search run folder(s); several are combined by vote")
     p.add_argument("--select", default=None, metavar="METHOD",
-                   help="argmax | perturb | consensus | retrieval | retrieval-pooled | vote (several runs, each "
-                        "derived alone, the majority per position) (default: retrieval-pooled "
-                        "for runs of search.weight_step=uniform or sparse or search.objective=unseen, else argmax "
-                        "for one run and consensus for several)")
+                   help="how each run is read: argmax | perturb | retrieval | retrieval-pooled (default: "
+                        "retrieval-pooled for runs judged on data the weights never saw, else argmax)")
     p.add_argument("--out", default=None,
-                   help="genotype file to write (default RUN/genotype.yaml; required with several runs)")
-    p.add_argument("--checkpoint", default=None, help="derive from this checkpoint instead of the run's last alphas")
+                   help="genotype file to write (default RUN/genotype.yaml; required with several --run folders)")
+    p.add_argument("--against", default=None, metavar="NAMES",
+                   help="retrieval: published designs the answer must beat on fresh kept-out batches, else the "
+                        "best of them is recommended (default osnet,osnet_ibn,osnet_ain; none: no check)")
+    p.add_argument("--gate", type=float, default=None, metavar="Z",
+                   help="retrieval: IN, and a searched answer over a published design, must win by more than Z "
+                        "standard errors (default 2)")
     p.add_argument("--batches", type=int, default=None,
-                   help="perturb, retrieval: alpha-step batches per source to score on (default 4 for perturb, "
-                        "16 for retrieval and retrieval-pooled)")
-    p.add_argument("--order", default="fixed", metavar="ORDER",
-                   help="perturb: fixed (positions in the space's order) | greedy (largest best drop first)")
+                   help="validation batches per source (default 16 for retrieval, 4 for perturb)")
+    p.add_argument("--stem-first", action="store_true",
+                   help="retrieval: after each run's answer, move one block IN site to the stem where that "
+                        "scores no lower than the gate allows (a prior; no default uses it)")
+    p.add_argument("--checkpoint", default=None, help="one run: derive from this checkpoint instead of its last")
+    p.add_argument("--order", default=None, metavar="ORDER",
+                   help="perturb: fixed (positions in the space's order, the default) | greedy")
     p.add_argument("--data-root", default=None, help="perturb, retrieval: datasets folder (default: the run's own)")
     p.add_argument("--device", default="auto", help="perturb, retrieval: auto | cpu | cuda[:N]")
     p.add_argument("--cost-table", default=None, metavar="FILE|proxy",
@@ -57,20 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = none)")
     p.add_argument("--no-measure", action="store_true",
                    help="with a measured cost table: skip timing the derived network (record the prediction only)")
-    p.add_argument("--gate", type=float, default=None, metavar="Z",
-                   help="retrieval, retrieval-pooled (and vote over such runs): an IN candidate must beat the "
-                        "simplest by more than Z standard errors (default 2; recorded as gate_se per position)")
-    p.add_argument("--stem-first", action="store_true",
-                   help="retrieval, retrieval-pooled (and vote over such runs): once a run's answer is found, move "
-                        "one block IN site to the stem where that scores no lower than the gate allows (recorded "
-                        "as stem_first on the stem position)")
 
+
+def _analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="domain-gap diagnostic: where do the sources differ in what IN removes?")
+    _common(p)
+
+
+def _retrain(sub) -> None:
     p = sub.add_parser("retrain", help="train a genotype (file or name) from scratch or published weights")
     _common(p)
     p.add_argument("--genotype", required=True, help="genotype file or name (osnet, osnet_ibn, osnet_ain)")
     p.add_argument("--pretrained", default=None, help="published torchreid weights to start from")
     p.add_argument("--resume", action="store_true")
 
+
+def _evaluate(sub) -> None:
     p = sub.add_parser("eval-crossdomain", help="evaluate checkpoints on held-out target datasets")
     p.add_argument("--checkpoint", required=True, nargs="+", help="one or more retrain checkpoints")
     p.add_argument("--targets", required=True, help="comma-separated target datasets")
@@ -80,16 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for metrics.json and results.md")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    p = sub.add_parser("plot", help="plot alpha weights, trajectories and results of runs")
+
+def _plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot alpha weights, candidate scores and results of runs")
     p.add_argument("--run", required=True, nargs="+", help="run folder(s); several search runs are overlaid")
     p.add_argument("--out", default=None, help="folder for the figures (default RUN/plots)")
     p.add_argument("--format", default="png", choices=["png", "svg"])
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files for the results chart")
 
+
+def _profile(sub) -> None:
     p = sub.add_parser("profile", help="measure the deployment cost of every candidate of a search space")
     p.add_argument("--backend", default=None,
                    help="eager | bf16 | torchscript | onnxruntime | cuda (default eager; the BN-folded network)")
-    p.add_argument("--space", default="osnet_stem_blocks", help="search space name or YAML file")
+    p.add_argument("--space", default=None, help="search space name or YAML file (default: search.space's default)")
     p.add_argument("--arch", default="osnet_x1_0", help="width: osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
@@ -104,26 +129,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="cost table to write (.yaml/.json; default "
                                                "cost_<backend>_<arch>_<h>x<w>_b<batch>.yaml)")
 
+
+def _demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic domains")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-root", default=None)
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
 
+
+def _data(sub) -> None:
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_cmd", metavar="ACTION")
     q = dsub.add_parser("synth", help="write the built-in synthetic domains in the Market-1501 layout")
     q.add_argument("--out", required=True)
-    q.add_argument("--domains", default=None, help="how many synth domains (a number), or domain names or families: synth0,hard,geom2 (default: synth0..3)")
+    q.add_argument("--domains", default=None, help="how many synth domains (a number), or domain names or families: "
+                                                  "synth0,hard,geom2 (default: synth0..3)")
     q.add_argument("--force", action="store_true", help="regenerate even if present")
     q = dsub.add_parser("info", help="print the sizes of a dataset on disk")
     q.add_argument("name")
     q.add_argument("--data-root", default=None)
 
+
+def _info(sub) -> None:
     p = sub.add_parser("info", help="parameters, MACs and IN placement of a model")
     p.add_argument("model", help="model name or genotype file")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
 
+
+def _extract(sub) -> None:
     p = sub.add_parser("extract", help="embed a folder of images with a model")
     p.add_argument("--checkpoint", default=None, help="retrain checkpoint")
     p.add_argument("--model", default=None, help="model name (with --weights for published weights)")
@@ -135,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--bf16", action="store_true")
 
+
+def _export(sub) -> None:
     p = sub.add_parser("export", help="export a model to TorchScript or ONNX")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--model", default=None)
@@ -150,7 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-target", default=None, metavar="DATASET",
                    help="--check: also compare rank-1 fp32 vs bf16 vs ONNX Runtime on this dataset (e.g. synth0)")
     p.add_argument("--data-root", default=None, help="--check-target: datasets folder (default: $OSNAS_DATA or ./data)")
-    return ap
+
+
+def derive_config(args: argparse.Namespace):
+    """The derive flags as a DeriveConfig: the one place the command line maps to derive's settings."""
+    from osnas.derive import DeriveConfig
+    from osnas.derive.options import check_against
+
+    return DeriveConfig(select=args.select, gate=args.gate, batches=args.batches, order=args.order,
+                        stem_first=args.stem_first,
+                        against=None if args.against is None else check_against(args.against),
+                        cost_table=args.cost_table, cost_budget=args.cost_budget, measure=not args.no_measure,
+                        checkpoint=args.checkpoint, data_root=args.data_root, device=args.device)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -159,14 +206,17 @@ def dispatch(args: argparse.Namespace) -> int:
         from osnas.search import run_search
 
         run_search(sources=args.sources, data_root=args.data_root, space=args.space, config_file=args.config,
-                   overrides=args.overrides, out=args.out, resume=args.resume)
+                   overrides=args.overrides, out=args.out, resume=args.resume, pretrained=args.pretrained,
+                   runs=args.runs)
     elif cmd == "derive":
         from osnas.derive import run_derive
 
-        run_derive(run=args.run, out=args.out, checkpoint=args.checkpoint, select=args.select, batches=args.batches,
-                   order=args.order, data_root=args.data_root, device=args.device, cost_table=args.cost_table,
-                   cost_budget=args.cost_budget, measure=not args.no_measure, gate=args.gate,
-                   stem_first=args.stem_first)
+        run_derive(run=args.run, out=args.out, cfg=derive_config(args))
+    elif cmd == "analyze":
+        from osnas.analyze import run_analyze
+
+        run_analyze(sources=args.sources, data_root=args.data_root, config_file=args.config,
+                    overrides=args.overrides, out=args.out)
     elif cmd == "retrain":
         from osnas.retrain import run_retrain
 
@@ -182,7 +232,15 @@ def dispatch(args: argparse.Namespace) -> int:
         from osnas.plot import run_plot
 
         run_plot(runs=args.run, out=args.out, fmt=args.format, metrics=args.metrics)
-    elif cmd == "profile":
+    else:
+        return _dispatch_tools(args)
+    return 0
+
+
+def _dispatch_tools(args: argparse.Namespace) -> int:
+    """The commands around the pipeline: profile, demo, data, info, extract, export."""
+    cmd = args.cmd
+    if cmd == "profile":
         from osnas.profile import run_profile
 
         run_profile(space=args.space, arch=args.arch, backend=args.backend, height=args.height, width=args.width,

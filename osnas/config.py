@@ -60,7 +60,12 @@ class ModelConfig:
 
 @dataclass
 class SearchConfig:
-    space: str = "osnet_ain_blocks"  # name in search_spaces/ or a YAML file
+    # The defaults are the recipe the measurements pick (experiments/README.md): several supernets
+    # (`runs`), each trained on single paths drawn from its alphas (`weight_step=sampled`), the
+    # alphas stepped every `alpha_every` weight steps on data the weights never saw (`objective`),
+    # read off by retrieval (osnas derive) and combined by vote.
+    space: str = "osnet_stem_blocks"  # name in search_spaces/ or a YAML file; plain OSNet is in this one
+    runs: int = 3  # supernets per search (seeds seed..seed+runs-1; unseen: each keeps another source out)
     shared: bool = True  # weight sharing; False reproduces the reference (a block per candidate)
     relaxation: str = ""  # "" = the space's own; softmax | gumbel | sigmoid (binary positions)
     tau_init: float = 10.0  # Gumbel temperature (reference: 10, halved every 20 epochs, floor 1)
@@ -68,18 +73,20 @@ class SearchConfig:
     tau_factor: float = 0.5
     tau_min: float = 1.0
     order: str = "first"  # first | second (bilevel) | single (single-level, the reference)
-    objective: str = "lodo"  # heldout | lodo (leave-one-domain-out) | unseen (one source never trained on)
-    unseen_domain: str = ""  # objective=unseen: the source kept out of every weight step ("" = the last source)
-    alpha_loss: str = "id"  # id | triplet | both
-    val_fraction: float = 0.3  # share of each identity's images held out for the alpha step
+    # auto: unseen with >= 3 sources, identities with 1-2 | unseen (one source never trained on) |
+    # identities (kept-out people of every source) | lodo (leave-one-domain-out) | heldout (held-out images)
+    objective: str = "auto"
+    unseen_domain: str = ""  # objective=unseen: the source kept out ("" = supernet k keeps out the k-th from the last)
+    alpha_loss: str = "triplet"  # id | triplet | both (unseen and identities judge people the classifier never saw)
+    val_fraction: float = 0.3  # heldout: share of each identity's images; identities: share of each source's ids
     alpha_init: float = 0.0  # alphas start equal (softmax of zeros = uniform)
     alpha_lr: float = 3e-3
     alpha_betas: list = field(default_factory=lambda: [0.5, 0.999])
     alpha_weight_decay: float = 0.0
-    alpha_every: int = 1  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
-    # mixed: every candidate, weighted by the alphas | sampled: one path drawn from them |
+    alpha_every: int = 2  # one alpha step every N weight steps (fewer, larger alpha steps: raise alpha_lr)
+    # sampled: one path drawn from the alphas | mixed: every candidate, weighted by the alphas |
     # uniform: one path drawn uniformly, no alpha step (derive asks the supernet: --select retrieval-pooled)
-    weight_step: str = "mixed"
+    weight_step: str = "sampled"
     entropy_weight: float = 0.0  # alpha loss + w * mean position entropy, w ramped 0 -> entropy_weight over the alpha epochs
     # deployment cost (osnas/search/budget.py): "" = none | proxy | a cost table file from `osnas profile`
     cost_table: str = ""
@@ -147,6 +154,18 @@ class RunConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    """`osnas analyze`: a short plain-OSNet training, then per-site statistics of the channels."""
+
+    epochs: int = 4  # training of the plain OSNet that is measured (copied into train.epochs)
+    steps_per_epoch: int = 50  # copied into train.steps_per_epoch (0 = one pass over the sources)
+    batches: int = 8  # PK batches of each source's training images whose statistics are measured
+    max_sites: int = 2  # at most this many IN sites suggested (0: always plain OSNet)
+    min_score: float = 0.0  # a site is suggested only where domain_share - identity_share exceeds this
+    space: str = "osnet_stem_blocks"  # the search space whose positions the suggestion is expressed in
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -154,6 +173,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,8 +1,10 @@
-"""`osnas demo`: search -> derive -> retrain (derived + plain OSNet) -> eval-crossdomain -> plot.
+"""`osnas demo`: search -> derive -> retrain -> eval-crossdomain -> plot, with the default recipe.
 
 Runs on the built-in synthetic domains (generated once, cached under the data root):
-sources synth0-2, held-out target synth3. Each stage writes its own folder under --out, so
-any arrow can be inspected and re-run alone with the printed commands.
+sources synth0-2, held-out target synth3. The answer is retrained next to plain OSNet and
+OSNet-AIN (and, where derive recommended a published design, next to the search's own answer),
+all evaluated on the held-out domain. Each stage writes its own folder under --out, so any arrow
+can be inspected and re-run alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     from osnas.derive import run_derive
     from osnas.models.genotype import load_genotype
     from osnas.plot import run_plot
+    from osnas.rundir import supernet_dirs
     from osnas.search import run_search
 
     data_root_arg = data_root_arg or kw.get("data_root")
@@ -43,27 +46,25 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     ensure_synth(root, cfg.data.sources + cfg.data.targets)
 
     s = cfg.search
-    _stage(2, n, f"search: {s.space} supernet ({s.weight_step} weight step, {s.order}-order, alphas judged "
-                 f"{s.objective}) on {','.join(cfg.data.sources)}")
+    _stage(2, n, f"search: {s.runs} supernets of {s.space} ({s.weight_step} paths, alphas judged on a source each "
+                 f"supernet never trained on) on {','.join(cfg.data.sources)}")
     search_dir = out / "search"
-    resume = (search_dir / "checkpoint.pth").is_file() and not (search_dir / "final_alphas.json").is_file()
-    if not (search_dir / "final_alphas.json").is_file():
-        run_search(data_root=str(root), config_file=str(cfg_file), out=str(search_dir), resume=resume)
+    if not all((d / "final_alphas.json").is_file() for d in supernet_dirs(search_dir) or [search_dir]):
+        run_search(data_root=str(root), config_file=str(cfg_file), out=str(search_dir),
+                   resume=(search_dir / "run.json").is_file())
 
-    _stage(3, n, "derive: the genotype file (the selection the run's settings call for: osnas derive --help)")
-    gpath = run_derive(search_dir)
-
+    _stage(3, n, "derive: each supernet's answer by retrieval, the vote, the check against the published designs")
+    gpath = search_dir / "genotype.yaml"
+    if not gpath.is_file():
+        run_derive(search_dir, batches=2 if quick else None)  # --quick: a smoke run, not an answer
     runs = {}
-    names = ("searched", "osnet", "osnet_ain")  # the searched network and the references it must beat
-    for i, name in enumerate(names):
-        _stage(4, n, f"retrain {name} ({i + 1}/{len(names)}) on {','.join(cfg.data.sources)}")
+    for name, genotype in _to_retrain(gpath).items():
+        _stage(4, n, f"retrain {name} on {','.join(cfg.data.sources)}")
         rdir = out / f"retrain-{name}"
-        genotype = str(gpath) if name == "searched" else name
         if not (rdir / "run.json").is_file() or _unfinished(rdir):
             resume = (rdir / "checkpoint.pth").is_file()
             rcfg, g, rdir = resolve_retrain_config(genotype, None, str(root), str(cfg_file), [], str(rdir), resume)
-            if name == "searched":
-                g.name = "searched"
+            g.name = name
             train(rcfg, g, rdir, resume=resume)
         runs[name] = rdir
 
@@ -78,7 +79,9 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     g = load_genotype(gpath)
     print(f"\nosnas demo finished in {(time.time() - t0) / 60:.1f} min\n")
     print((ev / "results.md").read_text())
-    print(f"searched genotype: {gpath}  (select {g.select}; IN at: {', '.join(g.in_sites()) or 'nowhere'})")
+    print(f"the answer: {gpath}  ({g.name or g.select}; IN at: {', '.join(g.in_sites()) or 'nowhere'})")
+    if g.decision.get("why"):
+        print(f"  the searched answer {g.decision['why']}")
     print(compare_line(metrics))
     print(f"plots: {out / 'plots'}")
     for p in plots:
@@ -86,20 +89,39 @@ def run_demo(out: str = "runs/demo", data_root_arg: str | None = None, quick: bo
     return metrics
 
 
+def _to_retrain(gpath: Path) -> dict:
+    """{label: genotype}: the answer, the search's own answer where a published design was
+    recommended instead, plain OSNet and OSNet-AIN; one retrain per architecture."""
+    from osnas.models.genotype import NAMED, load_genotype, named_genotype
+
+    g = load_genotype(gpath)
+    own = gpath.with_name(gpath.stem + ".searched" + gpath.suffix)
+    cands = {"answer": str(gpath), "searched": str(own) if own.is_file() else None, "osnet": "osnet",
+             "osnet_ain": "osnet_ain"}
+    out, plans = {}, []
+    for label, geno in cands.items():
+        if geno is None:
+            continue
+        plan = (load_genotype(geno) if geno.endswith(".yaml") else named_genotype(geno)).plan
+        if plan not in plans:
+            plans.append(plan)
+            out[label if label != "answer" else (g.name if g.name in NAMED else "answer")] = geno
+    return out
+
+
 def compare_line(metrics: dict) -> str:
-    """The searched network's held-out mAP next to OSNet's and OSNet-AIN's, with the caveat
-    that one retrain seed cannot separate them (experiments/synthetic/RESULTS.md measures the
-    noise floor over seeds)."""
+    """The answer's held-out mAP next to OSNet's and OSNet-AIN's, with the caveat that one
+    retrain seed cannot separate them (the studies in experiments/ measure the noise floor)."""
     def m(label):
         t = metrics["models"][label]["targets"]
         return 100 * sum(v["mAP"] for v in t.values()) / len(t)
 
     labels = list(metrics["models"])
-    searched = next((k for k in labels if "searched" in k), labels[0])
+    searched = labels[0]  # the answer is retrained first (_to_retrain)
     rest = [k for k in labels if k != searched]
-    return (f"held-out mAP: searched {m(searched):.1f} vs " + ", ".join(f"{k} {m(k):.1f}" for k in rest)
-            + " (one retrain seed: differences of a few points are within the noise; see the noise floor "
-              "in experiments/synthetic/RESULTS.md)")
+    return (f"held-out mAP: the answer ({searched}) {m(searched):.1f} vs " + ", ".join(f"{k} {m(k):.1f}" for k in rest)
+            + " (one retrain seed: differences of a few points are within the noise; the studies in "
+              "experiments/ give the noise floor)")
 
 
 def _unfinished(rdir: Path) -> bool:

@@ -143,7 +143,7 @@ def format_table(table: CostTable, space) -> str:
 
 
 # ----------------------------------------------------------------------------- the stage
-def run_profile(space="osnet_stem_blocks", arch: str = "osnet_x1_0", backend: Optional[str] = None,
+def run_profile(space=None, arch: str = "osnet_x1_0", backend: Optional[str] = None,
                 height: int = 256, width: int = 128, batch: int = 1, threads: int = 0,
                 repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, out=None, proxy: bool = False,
                 device: Optional[str] = None, clock: str = "wall", whole: bool = True,
@@ -158,6 +158,10 @@ def run_profile(space="osnet_stem_blocks", arch: str = "osnet_x1_0", backend: Op
     whole: also time the whole all-BN network, to report how well the sum of units holds.
     """
     # every argument checked before any work, so a typo costs nothing
+    if space is None:  # the space `osnas search` searches by default, so its cost table fits without --space
+        from osnas.config import SearchConfig
+
+        space = SearchConfig().space
     if proxy and backend is not None:
         raise OsnasError("--proxy counts MACs and bytes instead of timing: it takes no --backend")
     if not proxy:

@@ -198,9 +198,18 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     N = cols.N
     k_fw = min(k1 + 1, N)
     k_half = min(int(np.around(k1 / 2.0)) + 1, N)
-    k_top = max(k_fw, min(k2, N))
+    colmax, top = _initial_rankings(cols, max(k_fw, min(k2, N)))
+    V = _reciprocal_weights(cols, colmax, top[:, :k_fw], top[:, :k_half])
+    if k2 != 1:
+        V = _expand_queries(V, top[:, :min(k2, N)])
+    del top
+    return _jaccard(V, cols, colmax, Q, G, lam)
 
-    # ---- column maxima of O^2 (= row maxima of the blocks below) and initial rankings
+
+def _initial_rankings(cols: "_Columns", k_top: int) -> tuple:
+    """The column maxima of the original distance (O^2, the row maxima of the blocks) and every
+    item's `k_top` nearest neighbours by it: ((N,) float32, (N, k_top) int64)."""
+    N = cols.N
     step = max(1, _ROW_BLOCK_ELEMS // N)
     colmax = np.empty(N, np.float32)
     top = np.empty((N, k_top), np.int64)
@@ -212,11 +221,14 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
         colmax[a:z] = m
         blk /= m[:, None]
         top[a:z] = _topk_stable(blk, k_top)
-    del blk
+    return colmax, top
 
-    # ---- k-reciprocal neighbours and their expansion
-    R = top[:, :k_fw]
-    H = top[:, :k_half]
+
+def _reciprocal_weights(cols: "_Columns", colmax: np.ndarray, R: np.ndarray, H: np.ndarray):
+    """V: each item's k-reciprocal neighbours R(i) (R: its k1+1 nearest), expanded by the
+    half-reciprocal neighbours of a candidate sharing more than 2/3 of them (H: the k1/2+1
+    nearest), weighted by exp(-distance) and normalised per row; a sparse (N, N) float32 matrix."""
+    N, k_fw, k_half = cols.N, R.shape[1], H.shape[1]
     recip = _reciprocal_mask(R)
     half_recip = _reciprocal_mask(H)
     h_size = half_recip.sum(1)
@@ -243,21 +255,22 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     vj = np.concatenate(cols_l)
     w = np.exp(-(cols.pairs(vi, vj) / colmax[vi]))  # float32, like the reference
     wsum = np.bincount(vi, weights=w, minlength=N).astype(np.float32)
-    V = sp.csr_matrix(((w / wsum[vi]).astype(np.float32), (vi, vj)), shape=(N, N))
-    del vi, vj, w, recip, half_recip
+    return sp.csr_matrix(((w / wsum[vi]).astype(np.float32), (vi, vj)), shape=(N, N))
 
-    # ---- local query expansion
-    if k2 != 1:
-        kq = min(k2, N)
-        A = sp.csr_matrix(
-            (np.ones(N * kq, np.float32), (np.repeat(np.arange(N), kq), top[:, :kq].reshape(-1))), shape=(N, N)
-        )
-        V = (A @ V).tocsr()
-        V.data /= np.float32(kq)
-        V.eliminate_zeros()
-    del top
 
-    # ---- Jaccard distance, query rows x gallery columns, accumulated by blocks of queries
+def _expand_queries(V, top: np.ndarray):
+    """Local query expansion: each row of V replaced by the mean of its k2 nearest items' rows."""
+    N, kq = top.shape
+    A = sp.csr_matrix((np.ones(N * kq, np.float32), (np.repeat(np.arange(N), kq), top.reshape(-1))), shape=(N, N))
+    V = (A @ V).tocsr()
+    V.data /= np.float32(kq)
+    V.eliminate_zeros()
+    return V
+
+
+def _jaccard(V, cols: "_Columns", colmax: np.ndarray, Q: int, G: int, lam: float) -> np.ndarray:
+    """The Jaccard distance of query rows against gallery rows of V, accumulated by blocks of
+    queries, mixed with the original distance: (Q, G) float32."""
     Vq = V[:Q].tocsr()
     Vg = V[Q:].tocsc()  # column k -> gallery rows j with V[j, k] != 0
     g_ptr = Vg.indptr

@@ -42,7 +42,7 @@ from osnas import distributed as dist
 from osnas.config import build_config
 from osnas.data import DEFAULT_SYNTH_SOURCES, parse_names
 from osnas.errors import NaNLossError, OsnasError, OsnasInterrupted, first_line
-from osnas.rundir import CHECKPOINT, CONFIG
+from osnas.rundir import CHECKPOINT, CONFIG, supernet_dirs
 from osnas.training import check_finite
 from osnas.utils import (Progress, append_line, atomic_write_text, load_checkpoint, log, open_append, read_jsonl,
                          load_yaml, remove_stale_temps, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -58,7 +58,7 @@ def resolve_run_config(config_file=None, overrides=None, out=None, resume: bool 
     if resume:
         if run_dir is None:
             raise OsnasError("--resume needs --out RUN_DIR (the run to continue)")
-        if not (run_dir / CHECKPOINT).is_file():
+        if not (run_dir / CHECKPOINT).is_file() and not supernet_dirs(run_dir):
             raise OsnasError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
         base = load_yaml(run_dir / CONFIG, "run config")
     cfg = build_config(config_file, overrides, base=base)

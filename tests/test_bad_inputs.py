@@ -426,7 +426,7 @@ def _search_ck(**changes):
     from osnas.models.space import load_space
 
     ck = {"model": {}, "w_opt": {}, "a_opt": {}, "streams": {}, "rng": {}, "epoch": 1, "step_in_epoch": 0,
-          "global_step": 2, "space_sha256": load_space("osnet_ain_blocks").sha256, "arch": "osnet_x0_25",
+          "global_step": 2, "space_sha256": load_space(build_config().search.space).sha256, "arch": "osnet_x0_25",
           "shared": True}
     ck.update(changes)
     return {k: v for k, v in ck.items() if v is not None}
@@ -508,12 +508,18 @@ def test_broken_dataset_trees(name, tmp_path, capsys):
     assert_one_line_error(code, err, needle)
 
 
-def test_data_root_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("runs", [pytest.param(["search.runs=1"], id="one-supernet"),
+                                  pytest.param([], id="default-runs")])
+def test_data_root_is_a_file(tmp_path, capsys, runs):
     f = tmp_path / "data"
     f.write_text("x")
-    code, err = run_cli(["search", "--sources", "market1501,duke", "--data-root", f, "--out", tmp_path / "o"]
-                        + [x for s in TINY for x in ("--set", s)], capsys)
+    args = ["search", "--sources", "market1501,duke", "--out", tmp_path / "o"] + \
+        [x for s in TINY + runs for x in ("--set", s)]
+    code, err = run_cli(args + ["--data-root", f], capsys)
     assert_one_line_error(code, err, str(f))
+    # the folder of a search that never started is no run to resume: the corrected command is not refused
+    code, err = run_cli(args + ["--data-root", tmp_path / "elsewhere"], capsys)
+    assert "already holds a search run" not in err
 
 
 # ============================================================================ one real subprocess per category

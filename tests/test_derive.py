@@ -1,8 +1,11 @@
-"""`osnas derive --select argmax|perturb|consensus`: choices, provenance fields, errors.
+"""`osnas derive --select argmax|perturb`, and several runs combined by vote: choices,
+provenance fields, errors.
 
-Two tiny search runs (seeds 1 and 2) are made once for the module; consensus is checked on
-run folders whose alphas are set by hand (known answers), perturb on the recorded runs
-(determinism, recorded scores) and on losses whose dependence on the mixture is known.
+Two tiny lodo search runs (seeds 1 and 2) of osnet_ain_blocks are made once for the module (lodo
+and argmax: the alphas are judged on the held-out source of each step, and derive reads them);
+the vote of several runs is checked on run folders whose alphas are set by hand (known
+answers), perturb on the recorded runs (determinism, recorded scores) and on losses whose
+dependence on the mixture is known.
 """
 
 import json
@@ -14,14 +17,16 @@ import yaml
 
 from conftest import TINY
 from osnas.cli import main
-from osnas.derive import (PerturbResult, PerturbScorer, derive_from_run, load_run, perturb_select, remove_candidate,
-                          run_derive, scoring_mode)
+from osnas.derive import (DeriveConfig, PerturbResult, PerturbScorer, derive, load_run, perturb_select,
+                          remove_candidate, run_derive, scoring_mode)
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype, load_genotype
 from osnas.models.supernet import Supernet
-from osnas.search.bilevel import run_search
+from osnas.search import run_search
 
-SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+# one supernet per run folder, the space of these tests' candidate names, lodo (argmax by default)
+SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1", "search.runs=1",
+                 "search.space=osnet_ain_blocks", "search.objective=lodo"]
 NAMES = ["plain", "in_res", "in_post", "both"]  # candidates of every position of osnet_ain_blocks
 POSITIONS = ["conv2.0", "conv2.1", "conv3.0", "conv3.1", "conv4.0", "conv4.1"]
 
@@ -44,6 +49,11 @@ def _copy_with_probs(src, dst, probs):
     return dst
 
 
+def _argmax(run):
+    """One run read by the argmax of its alphas, as derive reads it with --select argmax."""
+    return derive(run, DeriveConfig(select="argmax"))
+
+
 def _one_line_error(args, capsys):
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -56,17 +66,20 @@ def _one_line_error(args, capsys):
 # ----------------------------------------------------------------------------- argmax
 def test_argmax_default_records_provenance(runs, tmp_path, capsys):
     run = runs[0]
-    path = run_derive(run, out=tmp_path / "g.yaml")  # the old signature, one run: argmax
+    path = run_derive(run, out=tmp_path / "g.yaml")  # a lodo run, read by default: argmax
     g = load_genotype(path)
     ck = torch.load(run / "checkpoint.pth", weights_only=True)
     assert g.select == "argmax" and g.runs == [str(run)] and g.agreement == {p: 1.0 for p in POSITIONS}
     for i, (name, pos) in enumerate(g.positions.items()):
         assert pos["choice"] == NAMES[int(ck["model"][f"alphas.{i}"].argmax())]
-    assert g.plan == derive_from_run(run).plan and g.seed == 1 and g.step == 6
+    assert g.plan == _argmax(run).plan and g.seed == 1 and g.step == 6
+    # the settings it was read with; argmax reads no kept-out data, so no check against published designs
+    assert g.derive["select"] is None and g.derive["methods"] == ["argmax"] and g.derive["against"] == []
+    assert g.decision == {}
     d = yaml.safe_load(path.read_text())
-    assert {"select", "agreement", "runs"} <= set(d)
+    assert {"select", "agreement", "runs", "derive"} <= set(d)
     out = capsys.readouterr()
-    assert out.out.strip() == str(path) and "agree" in out.err and "conv4.1" in out.err
+    assert out.out.strip() == str(path) and out.err.startswith("the search's answer from ") and "conv4.1" in out.err
     # the CLI: --run takes one or more folders, JSON when asked
     assert main(["derive", "--run", str(run), "--out", str(tmp_path / "g.json")]) == 0
     assert json.loads((tmp_path / "g.json").read_text())["select"] == "argmax"
@@ -75,56 +88,67 @@ def test_argmax_default_records_provenance(runs, tmp_path, capsys):
 def test_old_genotype_file_without_provenance_loads(tmp_path):
     g = load_genotype("osnet_ain")
     d = g.to_dict()
-    for k in ("select", "agreement", "runs"):
+    for k in ("select", "agreement", "runs", "derive", "decision"):
         del d[k]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(d))
     old = load_genotype(tmp_path / "old.yaml")
     assert old.plan == g.plan and old.select == "" and old.agreement == {} and old.runs == []
+    assert old.derive == {} and old.decision == {}
     assert Genotype(**d).plan == g.plan  # a retrain checkpoint's genotype dict from before the fields
 
 
-# ----------------------------------------------------------------------------- consensus
-def test_consensus_hand_set_runs_known_answer(runs, tmp_path):
+# ----------------------------------------------------------------------------- several runs: the vote
+def test_vote_of_hand_set_runs_known_answer(runs, tmp_path):
+    """Three runs read by argmax, then per position the candidate most runs chose; a tie goes to
+    fewer IN sites, then to the earlier candidate. The probabilities recorded are the runs' mean,
+    but they do not decide: a confident minority is outvoted."""
     u = [0.25] * 4
     # per run, per position: probabilities over plain, in_res, in_post, both
     table = [
-        # conv2.0: 3/3 in_res  conv2.1: plain, plain, both   conv3.0: one confident run wins (1/3)
+        # conv2.0: 3/3 in_res   conv2.1: plain, plain, both   conv3.0: in_post, both, plain (1-1-1 tie)
         [[.1, .7, .1, .1], [.5, .2, .2, .1], [.1, .1, .7, .1],
-         # conv3.1: 2 runs weakly plain, 1 confidently both -> mean says both (1/3)
-         [.4, .2, .2, .2], u, [.35, .175, .175, .3]],
+         # conv3.1: two runs weakly in_post, one confidently both (its mean would say both)
+         [.2, .2, .4, .2], u, [.1, .35, .3, .25]],
         [[.2, .4, .2, .2], [.4, .3, .2, .1], [.1, .1, .2, .6],
-         [.4, .2, .2, .2], u, [.175, .35, .175, .3]],
+         [.2, .2, .4, .2], u, [.1, .3, .35, .25]],
         [[.3, .4, .2, .1], [.1, .1, .1, .7], [.4, .2, .2, .2],
-         # conv4.0: uniform everywhere: a tie, to the earlier candidate (plain; every run's argmax)
-         [.05, .05, .05, .85], u,
-         # conv4.1: each run prefers another candidate; 'both' is every run's second: mean -> both (0/3)
-         [.175, .175, .35, .3]],
+         # conv4.0: uniform everywhere: each run's argmax is the earlier candidate (plain)
+         [.01, .01, .01, .97], u,
+         # conv4.1: in_res, in_post, both: the tie between in_res and in_post (one IN site each)
+         # goes to the earlier, in_res, not to both (two sites)
+         [.1, .1, .1, .7]],
     ]
     hand = [_copy_with_probs(runs[i % 2], tmp_path / f"h{i}", t) for i, t in enumerate(table)]
-    g = load_genotype(run_derive(hand, out=tmp_path / "c.yaml"))  # several runs: consensus by default
-    want = {"conv2.0": ("in_res", 1.0), "conv2.1": ("plain", 2 / 3), "conv3.0": ("in_post", 1 / 3),
-            "conv3.1": ("both", 1 / 3), "conv4.0": ("plain", 1.0), "conv4.1": ("both", 0.0)}
-    assert g.select == "consensus" and g.runs == [str(h) for h in hand]
+    g = load_genotype(run_derive(hand, out=tmp_path / "c.yaml"))  # several runs: the vote of their argmaxes
+    want = {"conv2.0": ("in_res", 1.0), "conv2.1": ("plain", 2 / 3), "conv3.0": ("plain", 1 / 3),
+            "conv3.1": ("in_post", 2 / 3), "conv4.0": ("plain", 1.0), "conv4.1": ("in_res", 1 / 3)}
+    assert g.select == "vote" and g.runs == [str(h) for h in hand]
     for p, (choice, agree) in want.items():
         assert g.positions[p]["choice"] == choice, p
         assert g.agreement[p] == pytest.approx(agree, abs=1e-6), p
     i = POSITIONS.index("conv3.1")
     mean = [sum(t[i][j] for t in table) / 3 for j in range(4)]
     assert list(g.positions["conv3.1"]["probs"].values()) == pytest.approx(mean, abs=1e-6)
-    assert g.positions["conv2.1"]["votes"] == {"plain": 2, "in_res": 0, "in_post": 0, "both": 1}
+    assert mean[3] > mean[2]  # the mean probability says both; the vote says in_post
+    assert g.positions["conv2.1"]["votes"] == {"plain": 2, "both": 1}
+    assert g.positions["conv3.0"]["run_choices"] == ["in_post", "both", "plain"]
+    assert g.positions["conv2.0"]["run_select"] == ["argmax"]
     assert g.seed is None and g.step is None and g.sources == ["synth0", "synth1", "synth2"]
-    # one run: consensus is its argmax, agreement 1
-    one = load_genotype(run_derive(hand[0], out=tmp_path / "c1.yaml", select="consensus"))
-    assert one.plan == derive_from_run(hand[0]).plan and set(one.agreement.values()) == {1.0}
+    assert g.derive["methods"] == ["argmax"] * 3
 
 
-def test_consensus_of_recorded_runs(runs, tmp_path):
+def test_vote_of_recorded_runs(runs, tmp_path):
+    """Each recorded run's own argmax per position, and their vote (two runs: agreement 1 or 1/2;
+    a 1-1 split goes to fewer IN sites, then to the earlier candidate)."""
     g = load_genotype(run_derive(runs, out=tmp_path / "c.yaml"))
-    own = [load_run(r).probs for r in runs]
+    own = [load_run(r).argmax() for r in runs]
+    in_sites = [0, 1, 1, 2]
+    assert g.select == "vote"
     for i, (p, pos) in enumerate(g.positions.items()):
-        mean = (own[0][i] + own[1][i]) / 2
-        assert pos["choice"] == NAMES[int(mean.argmax())]
-        assert g.agreement[p] == sum(int(o[i].argmax()) == NAMES.index(pos["choice"]) for o in own) / 2
+        a, b = own[0][i], own[1][i]
+        assert pos["run_choices"] == [NAMES[a], NAMES[b]]
+        assert pos["choice"] == NAMES[a if a == b else min((a, b), key=lambda c: (in_sites[c], c))]
+        assert g.agreement[p] == (1.0 if a == b else 0.5)
 
 
 # ----------------------------------------------------------------------------- perturb: the procedure
@@ -240,20 +264,20 @@ def test_perturb_on_a_one_architecture_supernet_agrees_with_argmax(runs, tmp_pat
 
     monkeypatch.setattr(bilevel, "make_loss_fn", feature_distance)
     g = load_genotype(run_derive(run, out=tmp_path / "g.yaml", select="perturb", batches=1))
-    assert g.plan == derive_from_run(run).plan
+    assert g.plan == _argmax(run).plan
     for p, c in zip(POSITIONS, want):
         s = g.positions[p]["scores"]
         assert s[c] > 1e-6 and all(abs(v) < 1e-6 for k, v in s.items() if k != c), (p, s)
 
 
 def test_perturb_several_runs_vote(runs, tmp_path, monkeypatch):
-    """perturb per run, then a majority vote; ties go to the larger mean probability."""
-    import osnas.derive.perturb as derive
+    """perturb per run, then the vote; a tie goes to fewer IN sites, then to the earlier
+    candidate (the probabilities do not break it)."""
+    import osnas.derive.perturb as derive_perturb
 
     a = _copy_with_probs(runs[0], tmp_path / "a", [[.1, .2, .3, .4]] * 6)
     b = _copy_with_probs(runs[1], tmp_path / "b", [[.1, .2, .3, .4]] * 6)
     c = _copy_with_probs(runs[0], tmp_path / "c", [[.4, .3, .2, .1]] * 6)
-    # mean probabilities of a, b, c: plain .2 < in_res .233 < in_post .267 < both .3
     # per run, its perturb choice per position (hand-made results: the vote is what is tested)
     picks = {"a": [0, 1, 3, 2, 0, 0], "b": [0, 1, 2, 1, 1, 3], "c": [0, 2, 3, 0, 2, 2]}
 
@@ -261,26 +285,33 @@ def test_perturb_several_runs_vote(runs, tmp_path, monkeypatch):
         ch = picks[run.path.name]
         return PerturbResult(ch, [[float(j == x) for j in range(4)] for x in ch], [1.0] * 6, list(range(6)))
 
-    monkeypatch.setattr(derive, "perturb_run", fake)
+    monkeypatch.setattr(derive_perturb, "perturb_run", fake)
     g = load_genotype(run_derive([a, b, c], out=tmp_path / "v.yaml", select="perturb"))
-    # 3/3 plain; 2/3 in_res; 2/3 both; then three 1-1-1 ties, each won by the larger mean probability
-    assert [g.positions[p]["choice"] for p in POSITIONS] == ["plain", "in_res", "both", "in_post", "in_post", "both"]
+    # 3/3 plain; 2/3 in_res; 2/3 both; then three 1-1-1 ties, each won by plain (no IN site)
+    assert [g.positions[p]["choice"] for p in POSITIONS] == ["plain", "in_res", "both", "plain", "plain", "plain"]
     assert [g.agreement[p] for p in POSITIONS] == pytest.approx([1, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
-    assert g.select == "perturb"
-    assert g.positions["conv2.1"]["votes"] == {"plain": 0, "in_res": 2, "in_post": 1, "both": 0}
-    assert g.positions["conv2.0"]["scores"]["plain"] == 1.0 and len(g.positions["conv2.0"]["run_scores"]) == 3
-    assert g.positions["conv2.1"]["scores"]["in_res"] == pytest.approx(2 / 3)  # the mean over runs
-    # a 1-1 vote of two runs: the mean probability decides (a and b: both .4 > plain .1)
+    assert g.select == "vote" and g.positions["conv2.0"]["run_select"] == ["perturb"]
+    assert g.positions["conv2.1"]["votes"] == {"in_res": 2, "in_post": 1}
+    assert g.positions["conv3.1"]["run_choices"] == ["in_post", "in_res", "plain"]
+    # a 1-1 vote of two runs: fewer IN sites (a and b both prefer `both` by probability: no matter)
     picks.update({"a": [3] * 6, "b": [0] * 6})
     g = load_genotype(run_derive([a, b], out=tmp_path / "t.yaml", select="perturb"))
-    assert {v["choice"] for v in g.positions.values()} == {"both"} and set(g.agreement.values()) == {0.5}
+    assert {v["choice"] for v in g.positions.values()} == {"plain"} and set(g.agreement.values()) == {0.5}
+    # in_post and in_res, one IN site each: the earlier candidate
+    picks.update({"a": [2] * 6, "b": [1] * 6})
+    g = load_genotype(run_derive([a, b], out=tmp_path / "u.yaml", select="perturb"))
+    assert {v["choice"] for v in g.positions.values()} == {"in_res"}
 
 
 # ----------------------------------------------------------------------------- errors
 def test_bad_inputs_give_one_line_errors(runs, tmp_path, capsys):
     run = runs[0]
     line = _one_line_error(["derive", "--run", run, "--select", "best"], capsys)
-    assert "'best'" in line and "argmax, perturb, consensus" in line
+    assert "'best'" in line and "argmax, perturb, retrieval, retrieval-pooled" in line
+    for removed in ("consensus", "vote"):  # several runs are always combined by vote
+        line = _one_line_error(["derive", "--run", run, runs[1], "--select", removed, "--out", tmp_path / "x.yaml"],
+                               capsys)
+        assert f"--select {removed} was removed" in line and "by vote" in line
     not_search = tmp_path / "rt"
     not_search.mkdir()
     (not_search / "run.json").write_text(json.dumps({"stage": "retrain"}))
@@ -301,8 +332,13 @@ def test_bad_inputs_give_one_line_errors(runs, tmp_path, capsys):
     line = _one_line_error(["derive", "--run", run, other, "--out", tmp_path / "x.yaml"], capsys)
     assert "different spaces" in line and str(run) in line and str(other) in line
     assert "--out" in _one_line_error(["derive", "--run", run, runs[1]], capsys)
-    assert "consensus" in _one_line_error(["derive", "--run", run, runs[1], "--select", "argmax", "--out",
-                                           tmp_path / "x.yaml"], capsys)
+    # the settings of other selections, refused before any scoring
+    assert "--gate is a setting of the retrieval selections" in _one_line_error(
+        ["derive", "--run", run, "--select", "argmax", "--gate", "1", "--out", tmp_path / "x.yaml"], capsys)
+    assert "--order is a setting of --select perturb" in _one_line_error(
+        ["derive", "--run", run, "--order", "greedy", "--out", tmp_path / "x.yaml"], capsys)
+    assert "unknown perturb order 'best'" in _one_line_error(
+        ["derive", "--run", run, "--select", "perturb", "--order", "best", "--out", tmp_path / "x.yaml"], capsys)
     assert "--batches" in _one_line_error(["derive", "--run", run, "--select", "perturb", "--batches", "0",
                                            "--out", tmp_path / "x.yaml"], capsys)
     no_cfg = tmp_path / "nocfg"

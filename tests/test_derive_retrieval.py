@@ -1,8 +1,10 @@
 """`osnas derive --select retrieval`: the batch mAP, BN recalibration, the ascent, provenance.
 
 The batch mAP is checked against the evaluation's own metric; the recalibration against a
-standalone derived network; the coordinate ascent on scores with a known optimum; the
-selection on two tiny recorded runs (lodo, and unseen with a triplet alpha loss).
+standalone derived network; the coordinate ascent on scores with a known optimum; the pooled
+gallery and its two halves of kept-out people; the selection on two tiny recorded runs of
+osnet_ain_blocks (lodo, and unseen with the triplet alpha loss), each run read alone and
+several combined by vote.
 """
 
 import numpy as np
@@ -16,11 +18,13 @@ from osnas.errors import OsnasError
 from osnas.metrics import evaluate_rank
 from osnas.models import build_model
 from osnas.models.genotype import load_genotype
-from osnas.search.bilevel import run_search
-from osnas.derive.retrieval import (SubnetScorer, batch_retrieval_map, coordinate_ascent, identity_aps, pick,
-                                   query_aps, recalibrated_bn, supported)
+from osnas.search import run_search
+from osnas.derive.retrieval import (SubnetScorer, batch_retrieval_map, coordinate_ascent, describe, identity_aps,
+                                   pick, query_aps, recalibrated_bn)
 
-SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+# one supernet per run folder, in the space whose candidate names these tests use
+SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1", "search.runs=1",
+                 "search.space=osnet_ain_blocks"]
 NAMES = ["plain", "in_res", "in_post", "both"]
 
 
@@ -28,9 +32,10 @@ NAMES = ["plain", "in_res", "in_post", "both"]
 def runs(synth_root, tmp_path_factory):
     """A tiny lodo run (seed 1) and a tiny unseen-objective run (seed 2) on synth0..2."""
     base = tmp_path_factory.mktemp("retrieval-runs")
-    lodo = run_search(data_root=str(synth_root), out=str(base / "lodo"), overrides=SEARCH + ["run.seed=1"])
+    lodo = run_search(data_root=str(synth_root), out=str(base / "lodo"),
+                      overrides=SEARCH + ["run.seed=1", "search.objective=lodo"])
     unseen = run_search(data_root=str(synth_root), out=str(base / "unseen"),
-                        overrides=SEARCH + ["run.seed=2", "search.objective=unseen", "search.alpha_loss=triplet"])
+                        overrides=SEARCH + ["run.seed=2", "search.objective=unseen"])
     return [lodo, unseen]
 
 
@@ -96,6 +101,14 @@ def test_pick_takes_the_simplest_candidate_within_two_standard_errors_of_the_bes
     assert pick([small_win, big_win, near], simplicity=[0, 1, 2])[0] == 1  # fewer IN sites
 
 
+def _space(simplicity):
+    """A stand-in for a SearchSpace with these positions (what `describe` reads of a space)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(positions=[SimpleNamespace(name=f"p{i}", names=[f"c{c}" for c in range(len(s))],
+                                                      in_counts=list(s)) for i, s in enumerate(simplicity)])
+
+
 def test_coordinate_ascent_finds_the_optimum_of_a_separable_score():
     best = [1, 0, 3, 2]
 
@@ -104,37 +117,37 @@ def test_coordinate_ascent_finds_the_optimum_of_a_separable_score():
         return [s + 0.001 * k for k in range(4)]  # the same offset for every path: exactly paired
 
     simplicity = [[0, 1], [0, 1, 1, 2], [0, 1, 1, 2], [0, 1, 1, 2]]
-    path, means, gaps, sweeps = coordinate_ascent(per_batch, simplicity, start=[0, 0, 0, 0])
+    path, sweeps = coordinate_ascent(per_batch, simplicity, start=[0, 0, 0, 0])
     assert path == best and sweeps == 2  # the second sweep changes nothing
-    for i, row in enumerate(means):
-        assert max(range(len(row)), key=row.__getitem__) == best[i] and gaps[i][best[i]] == 0
+    for i, d in enumerate(describe(per_batch, _space(simplicity), path)):
+        means, gaps = list(d["scores"].values()), list(d["gap_se"].values())
+        assert max(range(len(means)), key=means.__getitem__) == best[i] and gaps[best[i]] == 0
+        assert d["gate_se"] == 2.0
 
 
 def test_coordinate_ascent_stays_without_in_when_nothing_beats_it():
-    path, means, gaps, sweeps = coordinate_ascent(lambda p: [0.0, 0.1], [[0, 1, 2], [0, 1]], start=[0, 0])
-    assert path == [0, 0] and sweeps == 1 and means == [[0.05] * 3, [0.05] * 2]
+    path, sweeps = coordinate_ascent(lambda p: [0.0, 0.1], [[0, 1, 2], [0, 1]], start=[0, 0])
+    assert path == [0, 0] and sweeps == 1
+    d = describe(lambda p: [0.0, 0.1], _space([[0, 1, 2], [0, 1]]), path)
+    assert [list(x["scores"].values()) for x in d] == [[0.05] * 3, [0.05] * 2]
+    assert [set(x["gap_se"].values()) for x in d] == [{0.0}, {0.0}]  # no difference at all
 
 
-def test_pick_among_allowed_candidates_keeps_the_gaps_to_the_best_of_all():
-    rows = [[0.0, 0.0, 0.0], [5.0, 5.1, 4.9], [1.0, 1.1, 0.9]]  # candidate 1 best by far, 2 next
-    choice, gaps = pick(rows, [0, 1, 1], allowed=[0, 2])
-    assert choice == 2 and gaps[1] == 0 and gaps[2] > 2  # chosen among 0 and 2; gaps against 1
-    assert pick(rows, [0, 1, 1])[0] == 1
+def test_coordinate_ascent_follows_the_gate_and_stops_after_the_sweeps():
+    """An IN candidate 1.32 standard errors better stays out at the gate 2 and comes in at 1;
+    a score whose optimum moves with every sweep stops after `sweeps`."""
+    edge = [0.015, -0.005, 0.015, -0.005, 0.015, -0.005, 0.015, -0.005]  # +0.005, 0.0038 se: t = 1.32
+    per_batch = lambda p: [0.5 + (e if p[0] == 1 else 0.0) for e in edge]  # noqa: E731
+    assert coordinate_ascent(per_batch, [[0, 1]], [0]) == ([0], 1)
+    assert coordinate_ascent(per_batch, [[0, 1]], [0], z=1.0) == ([1], 2)
+    visits = [0]
 
+    def flipping(path):  # the better candidate changes at every visit of the position
+        if path == [0]:  # candidate 0 is scored first at every visit
+            visits[0] += 1
+        return [float(path[0] == visits[0] % 2) + 0.01 * k for k in range(4)]
 
-def test_pooled_runs_take_no_candidate_that_no_run_picks_alone():
-    """Two runs whose IN gain is inside each one's noise (t = 1.7) pass the gate pooled
-    (t = 2.6); with the runs' own scores the position keeps no IN. One run that picks it alone
-    is support enough."""
-    weak = lambda p: [x * p[0] for x in [1.0, 0.0, 1.0, 0.0]]  # noqa: E731
-    strong = lambda p: [x * p[0] for x in [1.0, 0.9, 1.0, 0.8]]  # noqa: E731
-    simplicity = [[0, 1], [0, 1]]
-    assert coordinate_ascent(lambda p: weak(p) + weak(p), simplicity, [0, 0])[0] == [1, 0]
-    assert coordinate_ascent(lambda p: weak(p) + weak(p), simplicity, [0, 0], run_scores=[weak, weak])[0] == [0, 0]
-    assert coordinate_ascent(lambda p: weak(p) + strong(p), simplicity, [0, 0], run_scores=[weak, strong])[0] == [1, 0]
-    rows = lambda f: [f([0, 0]), f([1, 0])]  # noqa: E731
-    assert supported([rows(weak), rows(weak)], [0, 1]) == [0]
-    assert supported([rows(weak), rows(strong)], [0, 1]) == [0, 1]
+    assert coordinate_ascent(flipping, [[0, 0]], [0], sweeps=3) == ([1], 3)
 
 
 # ----------------------------------------------------------------------------- recalibration
@@ -173,15 +186,36 @@ def test_the_pooled_gallery_holds_each_image_once(runs):
     perfect match, so the pooled gallery keeps each image's first copy only."""
     run = load_run(runs[1])
     sc = SubnetScorer(run, batches=12, gallery="pooled")
-    index = [k for b in load_supernet(run, 12).val_index for k in b]  # every batch has a pair here
-    assert len(sc.val) == 12 and len(index) > len(set(index))  # the stream came round again
-    assert sc.first.tolist() == [k not in index[:j] for j, k in enumerate(index)]
+    raw = load_supernet(run, 12)  # the same alpha batches, copies and all
+    index = [k for b in raw.val_index for k in b]
+    assert len(raw.val) == 12 and len(index) > len(set(index))  # the stream came round again
+    first = torch.tensor([k not in index[:j] for j, k in enumerate(index)])
+    assert sum(len(b[1]) for b in sc.val) == len(set(index)) == int(first.sum())
     path = [0, 2, 0, 0, 1, 0]
     fwd = lambda x: sc.model(x, path=path)  # noqa: E731
     with recalibrated_bn(sc.model, fwd, sc.calib), torch.no_grad():
-        f, pids = torch.cat([fwd(b[0]) for b in sc.val]), torch.cat([b[1] for b in sc.val])
-    assert sc.per_batch(path) == pytest.approx(identity_aps(f[sc.first], pids[sc.first]), abs=1e-5)
+        f, pids = torch.cat([fwd(b[0]) for b in raw.val]), torch.cat([b[1] for b in raw.val])
+    assert sc.per_batch(path) == pytest.approx(identity_aps(f[first], pids[first]), abs=1e-5)
     assert sc.per_batch(path) != pytest.approx(identity_aps(f, pids), abs=1e-5)  # the copies would count
+
+
+def test_the_two_halves_split_the_kept_out_people(runs):
+    """half=0 and half=1 read twice the batches and keep disjoint halves of their identities
+    (derive chooses on half 0 and checks the answer against the published designs on half 1):
+    together they are the pooled gallery of all those batches. Recalibration uses the first half
+    of the weight batches, as many as a scorer without halves would."""
+    run = load_run(runs[1])
+    whole = SubnetScorer(run, batches=6, gallery="pooled")
+    halves = [SubnetScorer(run, batches=3, gallery="pooled", half=h) for h in (0, 1)]
+    ids = [{int(p) for b in sc.val for p in b[1]} for sc in halves]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    assert ids[0] | ids[1] == {int(p) for b in whole.val for p in b[1]}
+    assert abs(len(ids[0]) - len(ids[1])) <= 1
+    assert len(halves[0].calib) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(halves[0].calib, whole.calib))
+    path = [0, 1, 0, 0, 0, 0]
+    assert len(halves[0].per_batch(path)) == len(ids[0]) and len(halves[1].per_batch(path)) == len(ids[1])
+    with pytest.raises(OsnasError, match="a half of the kept-out identities is a setting of the pooled gallery"):
+        SubnetScorer(run, batches=3, gallery="batch", half=0)
 
 
 def test_recalibration_restores_the_statistics_and_the_mode(runs):
@@ -203,9 +237,10 @@ def test_recalibration_restores_the_statistics_and_the_mode(runs):
 
 # ----------------------------------------------------------------------------- selection
 def test_retrieval_on_a_recorded_run_records_scores_and_is_deterministic(runs, tmp_path):
-    a = load_genotype(run_derive(runs[0], out=tmp_path / "a.yaml", select="retrieval", batches=1))
-    b = load_genotype(run_derive(runs[0], out=tmp_path / "b.yaml", select="retrieval", batches=1))
-    assert a.plan == b.plan and a.positions == b.positions
+    # the search's own answer (no check against the published designs: test_derive_decide.py)
+    a = load_genotype(run_derive(runs[0], out=tmp_path / "a.yaml", select="retrieval", batches=1, against=()))
+    b = load_genotype(run_derive(runs[0], out=tmp_path / "b.yaml", select="retrieval", batches=1, against=()))
+    assert a.plan == b.plan and a.positions == b.positions and a.decision == {}
     assert a.select == "retrieval" and a.runs == [str(runs[0])] and set(a.agreement.values()) == {1.0}
     for p, v in a.positions.items():
         s, gap = v["scores"], v["gap_se"]
@@ -216,40 +251,52 @@ def test_retrieval_on_a_recorded_run_records_scores_and_is_deterministic(runs, t
         assert all(gap[c] > 2 for c in simpler[v["choice"]]), (p, s, gap)
 
 
-def test_retrieval_of_several_runs_pools_their_batches(runs, tmp_path, monkeypatch):
-    """Two runs: the per-batch scores of both supernets are pooled; agreement per position is
-    the share of runs whose own scores pick the chosen candidate."""
-    import osnas.derive.retrieval as R
+class _Preferring:
+    """A stand-in SubnetScorer whose per-batch score is minus the number of positions off
+    `prefer[run folder name]`, with the same batch offsets for every path (exactly paired)."""
 
-    prefer = {"lodo": [0, 1, 2, 3, 0, 1], "unseen": [0, 1, 2, 3, 3, 3]}
+    prefer: dict = {}
 
-    class Fake:
-        def __init__(self, run, batches, data_root, device, gallery="batch"):
-            self.want = prefer[run.path.name]
-            self.evaluations = 0
+    def __init__(self, run, batches=4, data_root=None, device="auto", gallery="batch", half=None):
+        self.want = self.prefer[run.path.name]
+        self.gallery, self.half = gallery, half
+        self.evaluations = 0
 
-        def per_batch(self, path):
-            # lodo cares twice as much about the last two positions as unseen does
-            w = [1, 1, 1, 1, 2, 2] if self.want[4] == 0 else [1] * 6
-            s = -sum(wi * (p != q) for wi, p, q in zip(w, path, self.want))
-            return [s + 0.01 * k for k in range(6)]
+    def per_batch(self, path):
+        s = -sum(p != q for p, q in zip(path, self.want))
+        return [s + 0.01 * k for k in range(6)]
 
-        def __call__(self, path):
-            return sum(self.per_batch(path)) / 6
+    def __call__(self, path):
+        return sum(self.per_batch(path)) / 6
 
-    monkeypatch.setattr(R, "SubnetScorer", Fake)
-    g = load_genotype(run_derive(runs, out=tmp_path / "m.yaml", select="retrieval"))
-    assert [g.positions[p.name]["choice"] for p in load_run(runs[0]).space.positions] == \
-        ["plain", "in_res", "in_post", "both", "plain", "in_res"]
+
+def test_retrieval_of_several_runs_reads_each_alone_then_votes(runs, tmp_path, monkeypatch):
+    """Two runs: each run's own retrieval answer (its scorer alone, no pooling of their units),
+    then the vote; agreement per position is the share of runs whose own answer is the chosen
+    candidate, and a 1-1 split goes to fewer IN sites."""
+    import osnas.derive as D
+
+    monkeypatch.setattr(_Preferring, "prefer", {"lodo": [0, 1, 2, 3, 0, 1], "unseen": [0, 1, 2, 3, 3, 3]})
+    monkeypatch.setattr(D, "SubnetScorer", _Preferring)
+    g = load_genotype(run_derive(runs, out=tmp_path / "m.yaml", select="retrieval", against=()))
+    positions = [p.name for p in load_run(runs[0]).space.positions]
+    assert [g.positions[p]["choice"] for p in positions] == ["plain", "in_res", "in_post", "both", "plain", "in_res"]
     assert list(g.agreement.values()) == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
-    assert len(g.positions["conv4.0"]["run_scores"]) == 2
-    # at the final point: lodo 0, unseen -2 (two positions off its preference), plus the batch offsets
-    assert g.positions["conv4.0"]["scores"]["plain"] == pytest.approx(-1.0 + 0.025)
-    assert g.positions["conv4.0"]["scores"]["both"] == pytest.approx(-1.5 + 0.025)  # lodo -2, unseen -1
+    assert g.select == "vote" and g.positions["conv4.0"]["run_choices"] == ["plain", "both"]
+    assert g.positions["conv4.1"]["run_select"] == ["retrieval"]
+    # each run's own scores at its own answer, side by side (not pooled into one score)
+    for p in positions:
+        own = g.positions[p]["run_scores"]
+        assert len(own) == 2
+        for scores, choice in zip(own, g.positions[p]["run_choices"]):
+            assert max(scores["scores"], key=scores["scores"].get) == choice and scores["gap_se"][choice] == 0
+    assert g.positions["conv4.1"]["run_scores"][0]["scores"]["in_res"] == pytest.approx(0.025)
+    assert g.derive["methods"] == ["retrieval", "retrieval"]
 
 
 def test_retrieval_pooled_is_its_own_method_in_the_provenance_and_the_plot(runs, tmp_path):
-    g = load_genotype(run_derive(runs[1], out=tmp_path / "p.yaml", select="retrieval-pooled", batches=2))
+    g = load_genotype(run_derive(runs[1], out=tmp_path / "p.yaml", select="retrieval-pooled", batches=2,
+                                 against=()))
     assert g.select == "retrieval-pooled" and g.name.endswith("-retrieval-pooled")
     assert all(set(v["gap_se"]) == set(v["scores"]) for p, v in g.positions.items() if p != "stem")
     from osnas.plot.readers import _retrieval
@@ -264,7 +311,7 @@ def test_bad_batches_is_a_one_line_error(runs, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batches" in err[0]
     # the unseen run has one alpha stream: one batch would leave the noise unknown
-    assert main(["derive", "--run", str(runs[1]), "--batches", "1"]) == 2
+    assert main(["derive", "--run", str(runs[1]), "--select", "retrieval", "--batches", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 2 validation batches" in err[0] and "Traceback" not in err[0]
 
@@ -273,12 +320,20 @@ def test_the_default_selection_asks_the_supernet_only_where_it_has_unseen_data(r
     from osnas.config import build_config
     from osnas.derive import default_select
 
-    assert load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=2)).select == "retrieval-pooled"
+    u = load_genotype(run_derive(runs[1], out=tmp_path / "u.yaml", batches=2))
+    assert u.select == "retrieval-pooled" and u.derive["methods"] == ["retrieval-pooled"]
+    assert u.derive["against"] == ["osnet", "osnet_ibn", "osnet_ain"]  # retrieval runs are checked by default
+    assert u.decision["verdict"] in ("searched", "published")
     assert load_genotype(run_derive(runs[0], out=tmp_path / "l.yaml")).select == "argmax"  # lodo
-    lodo, unseen = build_config().search, build_config(overrides=["search.objective=unseen"]).search
-    uniform = build_config(overrides=["search.weight_step=uniform"]).search
-    assert [default_select([lodo]), default_select([lodo, lodo]), default_select([unseen]),
-            default_select([lodo, uniform])] == ["argmax", "consensus", "retrieval-pooled", "retrieval-pooled"]
+    assert [default_select("sampled", "lodo"), default_select("mixed", "heldout"), default_select("sampled", "unseen"),
+            default_select("mixed", "identities"), default_select("uniform", "lodo")] == \
+        ["argmax", "argmax", "retrieval-pooled", "retrieval-pooled", "retrieval-pooled"]
+    # a config's `auto` objective is the one the search ran with: unseen with 3 sources, identities with 2
+    from osnas.search.batches import resolve_objective
+
+    s = build_config().search
+    assert [default_select(s.weight_step, resolve_objective(s.objective, n)) for n in (3, 2)] == \
+        ["retrieval-pooled", "retrieval-pooled"]
 
 
 def test_the_summary_says_why_each_candidate_was_kept():
@@ -299,46 +354,19 @@ def test_the_summary_says_why_each_candidate_was_kept():
     buf = io.StringIO()
     print_summary(g, file=buf)
     lines = buf.getvalue().splitlines()
-    assert "mAP %" in lines[1] and "prob" not in lines[1]
+    assert lines[0].startswith("the search's answer from ") and "select retrieval" in lines[0]
+    assert "mAP %" in lines[1] and "why" in lines[1] and "prob" not in lines[1]
     assert lines[2].split()[:3] == ["stem", "in", "40.00"] and lines[2].endswith("best; the others below it in SE: bn -5.4")
     assert lines[3].split()[:3] == ["conv2.0", "plain", "40.00"]
     assert "in_res +1.00 but within 1.2 SE: noise" in lines[3]
-    pos["conv2.0"]["supported"] = ["plain", "in_post"]  # several runs: in_res was no run's own pick
-    g = Genotype(plan={"stem": "in"}, name="g", positions=pos, select="retrieval", runs=["a", "b"])
-    buf = io.StringIO()
-    print_summary(g, file=buf)
-    assert "in_res +1.00 pooled, but no run chose it alone" in buf.getvalue().splitlines()[3]
-
-
-def test_the_summary_warns_of_an_in_site_no_run_chose_alone():
-    """Pooling several runs shrinks the standard error: an IN site the runs choose together but
-    none alone (agreement 0) is named, an agreed one and a one-run genotype are not."""
-    import io
-
-    from osnas.derive import print_summary
-    from osnas.models.genotype import Genotype
-
-    def pos(choice):
-        return {"choice": choice, "probs": dict.fromkeys(NAMES, 0.25), "entropy": 1.39,
-                "scores": dict.fromkeys(NAMES, 0.4), "gap_se": dict.fromkeys(NAMES, 0.0)}
-
-    positions = {"conv2.0": pos("in_post"), "conv2.1": pos("in_res"), "conv3.0": pos("plain")}
-    g = Genotype(plan={}, name="g", positions=positions, select="retrieval-pooled", runs=["a", "b", "c"],
-                 agreement={"conv2.0": 0.0, "conv2.1": 0.67, "conv3.0": 0.0})
-    buf = io.StringIO()
-    print_summary(g, file=buf)
-    warn = [x for x in buf.getvalue().splitlines() if x.startswith("warning:")]
-    assert warn == [warn[0]] and warn[0].startswith("warning: conv2.0 in_post: chosen by the 3 runs together but by none")
-    g.runs = ["a"]
-    buf = io.StringIO()
-    print_summary(g, file=buf)
-    assert "warning:" not in buf.getvalue()
+    assert lines[4] == "IN at: stem"
 
 
 def test_the_protocol_pools_two_supernets_scores_from_each_ones_cached_units(runs, synth_root):
     """run_protocol's Kendall-tau scores of a pair: each run's per-identity units, cached in that
-    run's folder (so a pair and a one-run method score a shared supernet once), then pooled as
-    derive pools them; the pooled score is minus the mean of both runs' units."""
+    run's folder (so a pair and a one-run method score a shared supernet once), then pooled (the
+    protocol's measurement of a pair; derive itself reads each run alone and votes); the pooled
+    score is minus the mean of both runs' units."""
     import json
     import sys
     from pathlib import Path
@@ -368,13 +396,13 @@ def test_the_gate_is_the_derives_threshold_and_is_recorded(runs, tmp_path, monke
     """`--gate Z`: an IN candidate whose edge over the plain one is 1.5 standard errors stays
     out at the default gate (2) and comes in at --gate 1; every position records the gate it was
     chosen with. A gate below 0, or with a selection that has none, is a one-line error."""
-    import osnas.derive.retrieval as R
+    import osnas.derive as D
 
     edge = [0.015, -0.005, 0.015, -0.005, 0.015, -0.005, 0.015, -0.005]  # +0.005, 0.0038 se: t = 1.32
 
     class Fake:
-        def __init__(self, run, batches, data_root, device, gallery="batch"):
-            self.evaluations = 0
+        def __init__(self, run, batches, data_root, device, gallery="batch", half=None):
+            self.evaluations, self.gallery = 0, gallery
 
         def per_batch(self, path):  # IN in the first block (in_res) buys `edge`; nothing else matters
             return [0.5 + (e if path[0] == 1 else 0.0) for e in edge]
@@ -382,15 +410,16 @@ def test_the_gate_is_the_derives_threshold_and_is_recorded(runs, tmp_path, monke
         def __call__(self, path):
             return sum(self.per_batch(path)) / len(edge)
 
-    monkeypatch.setattr(R, "SubnetScorer", Fake)
+    monkeypatch.setattr(D, "SubnetScorer", Fake)
     first = load_run(runs[0]).space.positions[0].name
-    g2 = load_genotype(run_derive(runs[0], out=tmp_path / "z2.yaml", select="retrieval"))
-    g1 = load_genotype(run_derive(runs[0], out=tmp_path / "z1.yaml", select="retrieval", gate=1.0))
+    g2 = load_genotype(run_derive(runs[0], out=tmp_path / "z2.yaml", select="retrieval", against=()))
+    g1 = load_genotype(run_derive(runs[0], out=tmp_path / "z1.yaml", select="retrieval", gate=1.0, against=()))
     assert g2.positions[first]["choice"] == "plain" and g1.positions[first]["choice"] == "in_res"
     assert 1.0 < g2.positions[first]["gap_se"]["plain"] < 2.0
     assert {v["gate_se"] for v in g2.positions.values()} == {2.0}
     assert {v["gate_se"] for v in g1.positions.values()} == {1.0}
-    assert main(["derive", "--run", str(runs[0]), "--select", "retrieval", "--gate", "1",
+    assert g2.derive["gate"] == 2.0 and g1.derive["gate"] == 1.0
+    assert main(["derive", "--run", str(runs[0]), "--select", "retrieval", "--gate", "1", "--against", "none",
                  "--out", str(tmp_path / "cli.yaml")]) == 0
     assert load_genotype(tmp_path / "cli.yaml").positions[first]["choice"] == "in_res"
     capsys.readouterr()
@@ -417,7 +446,7 @@ def test_a_vote_takes_each_positions_majority_and_breaks_ties_toward_fewer_in_si
         chosen = [p.names.index(n) for p, n in zip(space.positions, names)]
         return genotype_from_probs(space, run.probs, chosen=chosen, select="argmax")
 
-    g = select_vote(rs, per_run=alone)
+    g = select_vote(rs, [alone(r) for r in rs])
     first, second, third = [p.name for p in space.positions[:3]]
     assert g.select == "vote" and g.runs == [str(r.path) for r in rs]
     assert g.positions[first]["choice"] == "in_res" and g.agreement[first] == pytest.approx(2 / 3)
@@ -428,27 +457,32 @@ def test_a_vote_takes_each_positions_majority_and_breaks_ties_toward_fewer_in_si
     assert g.positions[third]["choice"] == "plain"
     rs2 = rs[:2]
     answers = iter([["in_post", "both", "plain"], ["in_res", "plain", "plain"]])
-    g2 = select_vote(rs2, per_run=alone)
+    g2 = select_vote(rs2, [alone(r) for r in rs2])
     assert g2.positions[first]["choice"] == "in_res" and g2.positions[second]["choice"] == "plain"
+    answers = iter([["plain", "plain", "plain"]])
     with pytest.raises(OsnasError, match="several runs"):
-        select_vote(rs[:1], per_run=alone)
+        select_vote(rs[:1], [alone(rs[0])])
 
 
 def test_the_vote_derives_each_run_by_its_own_selection(runs, tmp_path, capsys):
-    """`--select vote` over a lodo run (argmax alone) and an unseen-objective run (retrieval-pooled
-    alone): each run's vote is what deriving it alone gives."""
+    """Several runs without --select: a lodo run (argmax alone) and an unseen-objective run
+    (retrieval-pooled alone), each run's vote what deriving it alone gives (before any check
+    against the published designs, which the argmax run leaves out)."""
     own = [load_genotype(run_derive(runs[0], out=tmp_path / "a.yaml")),
-           load_genotype(run_derive(runs[1], out=tmp_path / "b.yaml", batches=2))]
+           load_genotype(run_derive(runs[1], out=tmp_path / "b.yaml", batches=2, against=()))]
     capsys.readouterr()
-    assert main(["derive", "--run", str(runs[0]), str(runs[1]), "--select", "vote", "--batches", "2",
+    assert main(["derive", "--run", str(runs[0]), str(runs[1]), "--batches", "2",
                  "--out", str(tmp_path / "v.yaml")]) == 0
-    assert "votes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "votes" in err and "the runs' own choices" in err
     g = load_genotype(tmp_path / "v.yaml")
     for p, v in g.positions.items():
         assert v["run_choices"] == [o.positions[p]["choice"] for o in own]
         assert v["run_select"] == ["argmax", "retrieval-pooled"]
         agree = v["run_choices"].count(v["choice"]) / 2
         assert g.agreement[p] == pytest.approx(agree) and agree >= 0.5
+    assert g.select == "vote" and g.decision == {}
+    # the vote is no selection of its own any more: a one-line error that says so
     assert main(["derive", "--run", str(runs[0]), "--select", "vote", "--out", str(tmp_path / "one.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "several runs" in err[0]
+    assert len(err) == 1 and "--select vote was removed" in err[0] and "combined by vote" in err[0]

@@ -19,10 +19,11 @@ import torch
 from osnas import utils
 from conftest import TINY
 from osnas.errors import OsnasError
-from osnas.search.bilevel import read_history, run_search
+from osnas.search import read_history, run_search
 from osnas.utils import atomic_write_bytes, load_checkpoint, remove_stale_temps, save_checkpoint
 
-SEARCH = TINY + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+ONE = TINY + ["search.runs=1"]  # one supernet: the run folder is its own
+SEARCH = ONE + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
 
 
 def _temps(folder: Path):
@@ -74,7 +75,7 @@ def test_search_disk_full_at_checkpoint_then_resume(root, tmp_path, monkeypatch)
     no temp files; once there is room again, --resume finishes the run as if nothing happened."""
     out = tmp_path / "run"
     run_search(data_root=str(root), out=str(out),
-               overrides=TINY + ["search.epochs=1", "search.steps_per_epoch=2", "search.warmup_epochs=1"])
+               overrides=ONE + ["search.epochs=1", "search.steps_per_epoch=2", "search.warmup_epochs=1"])
     ck_before = (out / "checkpoint.pth").read_bytes()
     real_replace = os.replace
 
@@ -85,7 +86,7 @@ def test_search_disk_full_at_checkpoint_then_resume(root, tmp_path, monkeypatch)
 
     monkeypatch.setattr(utils.os, "replace", full)
     # resume with one more epoch: the epoch's checkpoint write fails
-    longer = TINY + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+    longer = ONE + ["search.epochs=2", "search.steps_per_epoch=2", "search.warmup_epochs=1"]
     with pytest.raises(OsnasError) as e:
         run_search(data_root=str(root), out=str(out), overrides=longer, resume=True)
     assert "No space left on device" in str(e.value) and "\n" not in str(e.value)
@@ -171,8 +172,8 @@ def test_sigkill_during_writes_never_leaves_a_torn_checkpoint(tmp_path):
 
 def test_resume_removes_stale_temp_files(root, tmp_path):
     out = run_search(data_root=str(root), out=str(tmp_path / "r"),
-                     overrides=TINY + ["search.epochs=1", "search.steps_per_epoch=1", "search.warmup_epochs=0"])
+                     overrides=ONE + ["search.epochs=1", "search.steps_per_epoch=1", "search.warmup_epochs=0"])
     (out / ".checkpoint.pth.abc123.tmp").write_bytes(b"half a checkpoint")
     run_search(data_root=str(root), out=str(out), resume=True,
-               overrides=TINY + ["search.epochs=2", "search.steps_per_epoch=1", "search.warmup_epochs=0"])
+               overrides=ONE + ["search.epochs=2", "search.steps_per_epoch=1", "search.warmup_epochs=0"])
     assert _temps(out) == [] and load_checkpoint(out / "checkpoint.pth")["global_step"] == 2

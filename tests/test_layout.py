@@ -19,13 +19,13 @@ LAYERS = [
     {"losses", "metrics", "rerank", "distributed"},
     {"training"},
     {"session"},
-    {"search", "derive", "retrain", "evaluate", "plot", "profile"},
+    {"search", "derive", "retrain", "evaluate", "plot", "profile", "analyze"},
     {"demo"},
     {"cli", "__main__", "__init__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 STAGES = {"search": "run_search", "derive": "run_derive", "retrain": "run_retrain", "evaluate": "run_eval_crossdomain",
-          "plot": "run_plot", "profile": "run_profile"}
+          "plot": "run_plot", "profile": "run_profile", "analyze": "run_analyze"}
 
 
 def _modules():

@@ -313,11 +313,16 @@ def test_pack_networks_builds_each_configuration_once():
 
 
 def test_profile_proxy_cli_writes_default_name(tmp_path, monkeypatch, capsys):
+    """No --space: the table is of the space `osnas search` searches by default, so it fits a
+    default search without naming the space twice."""
+    from osnas.config import SearchConfig
+
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "--proxy", "--arch", ARCH, "--height", str(H), "--width", str(W)]) == 0
     out = tmp_path / f"cost_proxy_{ARCH}_{H}x{W}_b1.yaml"
     assert out.is_file() and "x1.000" in capsys.readouterr().out
-    assert C.load_cost_table(out, "osnet_stem_blocks").method == "proxy"
+    t = C.load_cost_table(out, SearchConfig().space)
+    assert t.method == "proxy" and t.space == SearchConfig().space == "osnet_stem_blocks"
 
 
 @pytest.mark.parametrize("args,needle", [

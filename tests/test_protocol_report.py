@@ -1,6 +1,9 @@
-"""RESULTS.md's analysis of the yardstick (experiments/synthetic/results_protocol.py), on hand-made
-summaries: a planted effect at one position must be reported as resolved, positions without one
-must not, and each method's seeds are counted against the favoured side."""
+"""The protocol's scripts (experiments/synthetic: recipes.py, run_protocol.py, results_protocol.py).
+
+RESULTS.md's analysis of the yardstick, on hand-made summaries: a planted effect at one position
+must be reported as resolved, positions without one must not, and each method's seeds are counted
+against the favoured side. The registry: every recipe described, its searches pinned, the
+historical ones refused with the commit that ran them."""
 
 import json
 import random
@@ -9,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic"))
+HERE = Path(__file__).resolve().parents[1] / "experiments" / "synthetic"
+sys.path.insert(0, str(HERE))
 results_protocol = pytest.importorskip("results_protocol")
 
 POSITIONS = ["stem", "conv2.0", "conv2.1"]
@@ -68,11 +72,11 @@ def test_a_retrain_refuses_a_genotype_that_is_not_its_folders_architecture(tmp_p
 
     g = tmp_path / "default.yaml"
     named_genotype("osnet_ain").save(g)
-    right = tmp_path / run_protocol._plan_id(named_genotype("osnet_ain").plan) / "seed2"
-    wrong = tmp_path / run_protocol._plan_id(named_genotype("osnet").plan) / "seed2"
+    right = tmp_path / run_protocol.plan_id(named_genotype("osnet_ain").plan) / "seed2"
+    wrong = tmp_path / run_protocol.plan_id(named_genotype("osnet").plan) / "seed2"
     with pytest.raises(RuntimeError, match="not " + wrong.parent.name):
-        run_protocol.retrain_eval({"genotype": str(g), "out": str(wrong), "seed": 2, "overrides": [],
-                                   "root": str(tmp_path), "config": "", "name": "x"})
+        run_protocol.retrain({"genotype": str(g), "out": str(wrong), "seed": 2, "overrides": [],
+                              "root": str(tmp_path), "config": ""})
     assert not wrong.exists() and not right.exists()
 
 
@@ -175,25 +179,28 @@ def test_percentiles_are_written_as_ordinals(v, text):
 
 
 def test_a_pair_method_costs_both_of_its_searches_per_seed():
-    """pair-pooled derives from two searches per seed: its search time is their sum, seed by seed,
+    """pair-pooled derived from two searches per seed: its search time is their sum, seed by seed,
     and a seed whose time is unknown (NaN) in either is left out."""
-    from run_protocol import searches_of
+    from recipes import RECIPES
 
-    assert searches_of("pair-pooled") == ("uniform", "sampled-unseen") and searches_of("uniform") == ("uniform",)
+    assert RECIPES["pair-pooled"].searches == ("uniform", "sampled-unseen")
+    assert RECIPES["uniform"].searches == ("uniform",)
     s = {"search_minutes": {"uniform": [2.0, 2.2, float("nan")], "sampled-unseen": [1.5, 1.3, 1.4]},
          "methods": {"pair-pooled": {"per_seed": [{"derive_seconds": 60.0}, {"derive_seconds": 120.0}]}}}
     assert results_protocol._minutes(s, "pair-pooled") == "3.5 per seed + 1.5 derive"
     assert results_protocol._minutes(s, "uniform") == "2.1 per seed + derive"  # its derive time unknown here
+    assert results_protocol._minutes(s, "argmax") == "–"  # no lodo searches in this summary
 
 
 def test_a_vote_answer_reads_three_searches_and_costs_their_sum():
-    """vote3's answer s reads the uniform seeds 3s-2 .. 3s (no seed twice, none skipped), is
-    derived with derive's vote over them, and costs their three search times together."""
-    from run_protocol import SELECT, answer_seeds, searches_of
+    """vote3's answer s reads the uniform seeds 3s-2 .. 3s (no seed twice, none skipped), each read
+    by retrieval-pooled and voted by derive, and costs their three search times together."""
+    from recipes import RECIPES
 
-    assert searches_of("vote3") == ("uniform",) and SELECT["vote3"] == "vote"
-    assert [answer_seeds("vote3", s) for s in (1, 2, 5)] == [[1, 2, 3], [4, 5, 6], [13, 14, 15]]
-    assert answer_seeds("uniform-pooled", 4) == [4]
+    vote = RECIPES["vote3"]
+    assert vote.searches == ("uniform",) and vote.select == "retrieval-pooled" and vote.runs_per_answer == 3
+    assert [vote.answer_seeds(s) for s in (1, 2, 5)] == [[1, 2, 3], [4, 5, 6], [13, 14, 15]]
+    assert RECIPES["uniform-pooled"].answer_seeds(4) == [4]
     s = {"search_minutes": {"uniform": [1.0, 2.0, 3.0, 1.5, 1.5, 1.5, 9.0]},  # 7: the last triple incomplete
          "methods": {"vote3": {"per_seed": [{"derive_seconds": 90.0}, {"derive_seconds": 90.0}]}}}
     assert results_protocol._minutes(s, "vote3") == "5.2 per seed + 1.5 derive"  # (6.0 + 4.5) / 2
@@ -268,36 +275,92 @@ def test_two_results_files_share_a_folder_without_overwriting(tmp_path, monkeypa
     assert got == {"RESULTS.md": {"style": {"run": "main"}}, "RESULTS_defaults.md": {"style": {"run": "defaults"}}}
 
 
-def test_every_protocol_method_is_described_and_its_searches_exist():
-    """Each method of run_protocol.py has its searches defined, a derive selection where it scores
-    the supernet, and a row text in RESULTS.md; the every-3 pair keeps about the plain-step budget
-    of the pair it varies (1.32x at 275 steps against 1.48x at 250: bench_search_step.json)."""
-    run_protocol = pytest.importorskip("run_protocol")
+def test_every_recipe_is_described_and_its_searches_exist():
+    """Each recipe of the registry has its row text and its searches; the every-3 pair keeps about
+    the plain-step budget of the pair it varies (1.32x at 275 steps against 1.48x at 250:
+    bench_search_step.json)."""
     from osnas.config import build_config
+    from recipes import RECIPES, SEARCHES
 
-    for m in run_protocol.METHODS:
-        assert m in results_protocol.METHOD_TEXT, m
-        assert all(v in run_protocol.SEARCHES for v in run_protocol.searches_of(m)), m
-    assert set(run_protocol.RETRIEVAL_METHODS) <= set(run_protocol.SELECT)
-    assert run_protocol.searches_of("pair3-pooled") == ("uniform", "sampled3-unseen")
+    for name, r in RECIPES.items():
+        assert r.text and all(v in SEARCHES for v in r.searches), name
+        assert r.select in ("argmax", "perturb", "consensus", "retrieval", "retrieval-pooled"), name
+    assert RECIPES["pair3-pooled"].searches == ("uniform", "sampled3-unseen")
 
     def steps(variant):
-        cfg = build_config(str(run_protocol.CONFIGS["style"]), run_protocol.SEARCHES[variant])
+        cfg = build_config(str(HERE / "testbed_style.yaml"), list(SEARCHES[variant].overrides))
         return cfg.search.epochs * cfg.search.steps_per_epoch, cfg.search.alpha_every
 
     assert steps("sampled-unseen") == (250, 2) and steps("sampled3-unseen") == (275, 3)
     assert abs(275 * 1.32 - 250 * 1.48) / (250 * 1.48) < 0.05
 
 
+def test_every_search_variant_pins_what_its_recipe_needs_not_the_package_defaults():
+    """The recipes are older than the package's defaults (three supernets, sampled paths, triplet
+    alpha loss, objective auto): every variant states one supernet and its own weight step,
+    objective and alpha loss, so a change of the defaults cannot change a recipe."""
+    from osnas.config import build_config
+    from recipes import SEARCHES
+
+    want = {"lodo": ("mixed", 1, "lodo", "id"), "anneal": ("mixed", 2, "lodo", "id"),
+            "unseen": ("mixed", 1, "unseen", "triplet"), "sampled": ("sampled", 2, "lodo", "id"),
+            "sampled-unseen": ("sampled", 2, "unseen", "triplet"), "uniform": ("uniform", None, "unseen", "triplet"),
+            "sampled3-unseen": ("sampled", 3, "unseen", "triplet")}
+    for v, (step, every, objective, loss) in want.items():
+        sets = SEARCHES[v].overrides
+        assert "search.runs=1" in sets and f"search.weight_step={step}" in sets, v
+        assert f"search.objective={objective}" in sets and f"search.alpha_loss={loss}" in sets, v
+        cfg = build_config(None, list(sets))
+        assert (cfg.search.runs, cfg.search.weight_step, cfg.search.objective, cfg.search.alpha_loss) == \
+            (1, step, objective, loss), v
+        if every is not None:
+            assert cfg.search.alpha_every == every, v
+
+
+@pytest.mark.parametrize("config", ["testbed_style.yaml", "testbed_geometry.yaml", "testbed.yaml"])
+def test_every_search_variant_is_a_valid_search_on_every_configuration(config):
+    """A variant's settings go together on each configuration the runners use (the check a search
+    makes before it reads any data)."""
+    from osnas.config import build_config
+    from osnas.search.bilevel import validate_search_config
+    from recipes import SEARCHES
+
+    for v, search in SEARCHES.items():
+        sets = [o.format(cost_table="proxy") for o in search.overrides]
+        validate_search_config(build_config(str(HERE / config), sets))
+
+
 @pytest.mark.parametrize("flag", [["--search-seeds", "1"], ["--methods", "pair3"], ["--default", "uniform-pooled",
                                                                                    "--methods", "pair3-pooled"]])
 def test_the_protocol_refuses_bad_arguments_in_one_line(flag, monkeypatch, tmp_path):
     run_protocol = pytest.importorskip("run_protocol")
-    monkeypatch.setattr(sys, "argv", ["run_protocol.py", "--out", str(tmp_path / "p"), *flag])
     with pytest.raises(SystemExit) as e:
-        run_protocol.main()
+        run_protocol.main(["--out", str(tmp_path / "p"), *flag])
     assert isinstance(e.value.code, (str, int)) and e.value.code != 0
     assert not (tmp_path / "p").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("method, commit", [("consensus", "d8d15c6"), ("pair-pooled", "252a0b4"),
+                                            ("pair3-pooled", "252a0b4")])
+def test_a_historical_recipe_is_refused_naming_the_commit_that_ran_it(method, commit, tmp_path):
+    """consensus and the pooled pairs need derive modes the package no longer has: one line that
+    says so and names the commit whose code ran them, before any work."""
+    run_protocol = pytest.importorskip("run_protocol")
+    with pytest.raises(SystemExit) as e:
+        run_protocol.main(["--out", str(tmp_path / "p"), "--methods", f"uniform-pooled,{method}",
+                           "--default", "uniform-pooled"])
+    line = str(e.value.code)
+    assert "\n" not in line and f"recipe {method} is historical" in line and f"git checkout {commit}" in line
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_recorded_command_names_the_run_folder_and_data_root_out_and_data():
+    """RESULTS.md records the command without paths outside the repository."""
+    from expkit import provenance
+
+    argv = ["--out", "/tmp/x/exp", "--data-root", "/tmp/x/data", "--methods", "vote3", "--default", "vote3"]
+    assert provenance.command(argv, "/tmp/x/exp", "/tmp/x/data") == \
+        "--out OUT --data-root DATA --methods vote3 --default vote3"
 
 
 def test_a_resumed_search_counts_its_running_time_only(tmp_path):

@@ -5,6 +5,10 @@ second order) must: finish; record one alphas.jsonl row per step; keep the alpha
 during `search.warmup_epochs` and move them afterwards; and `osnas derive` must write a
 genotype whose choices are the argmax of the final recorded probabilities.
 Only stable interfaces are used: `osnas.cli.main`, run-folder files, `osnas.models`.
+
+Every search here trains one supernet (`search.runs=1`) with an alpha step at every step after
+warm-up (`search.alpha_every=1`, so the history check can ask for one), leave-one-domain-out
+over the two sources (`search.objective=lodo`, whose runs derive reads by argmax).
 """
 
 import json
@@ -21,7 +25,8 @@ H, W = 32, 16
 EPOCHS, STEPS, WARMUP = 3, 2, 1
 TINY = ["model.arch=osnet_x0_25", f"data.height={H}", f"data.width={W}", "data.batch_size=8",
         "data.num_instances=2", "data.workers=0", "run.progress=false", "run.log_every=1000",
-        f"search.epochs={EPOCHS}", f"search.steps_per_epoch={STEPS}", f"search.warmup_epochs={WARMUP}"]
+        f"search.epochs={EPOCHS}", f"search.steps_per_epoch={STEPS}", f"search.warmup_epochs={WARMUP}",
+        "search.runs=1", "search.alpha_every=1", "search.objective=lodo"]
 
 
 def _sets(items):
@@ -85,8 +90,9 @@ def _check_argmax(g, rows, run):
 
 
 def test_single_level_alphas_follow_the_training_loss(sources, tmp_path, capsys):
-    """order=single (the reference): no separate alpha batch; the row's loss_a is the weight loss."""
-    run = _search(sources, tmp_path / "s", ["search.order=single"])
+    """order=single (the reference): no separate alpha batch; the row's loss_a is the weight loss
+    (of the whole mixture: the single-level search has no single-path weight step)."""
+    run = _search(sources, tmp_path / "s", ["search.order=single", "search.weight_step=mixed"])
     rows = _rows(run)
     _check_history(rows)
     assert all(r["loss_a"] == r["loss_w"] for r in rows[WARMUP * STEPS:])

@@ -1,4 +1,5 @@
-"""The single-path weight step (`search.weight_step=sampled`).
+"""The single-path weight step (`search.weight_step=sampled`, the default) and its uniform
+variant (`uniform`: no alpha step).
 
 A sampled path must compute exactly what the derived network computes, train only the
 candidates on the path, follow the alphas' probabilities, be a function of (seed, step) so a
@@ -15,13 +16,14 @@ import torch.nn as nn
 from osnas.cli import main
 from osnas.models import build_model, build_supernet
 from osnas.models.genotype import genotype_from_probs
-from osnas.search.bilevel import read_history, run_search, step_generator
+from osnas.search import run_search
+from osnas.search.bilevel import read_history, step_generator
 from test_search_core import _randomise_bn
 
 ARCH = "osnet_x0_25"
 SEARCH = ["model.arch=osnet_x0_25", "data.height=64", "data.width=32", "data.batch_size=8", "data.num_instances=2",
           "data.workers=0", "run.progress=false", "run.log_every=1000", "search.epochs=3",
-          "search.steps_per_epoch=2", "search.warmup_epochs=1"]
+          "search.steps_per_epoch=2", "search.warmup_epochs=1", "search.runs=1"]
 
 
 def _random_state(sn):
@@ -102,7 +104,8 @@ def test_a_sampled_search_records_its_paths_and_is_deterministic(synth_root, tmp
     assert all(set(r["path"]) == set(r["probs"]) for r in ha)
     assert len(set(paths)) > 1, "every step trained the same path"
     assert ha[-1]["alphas"] != ha[0]["alphas"]  # the alpha steps still run
-    mixed = read_history(run_search(data_root=str(synth_root), out=str(tmp_path / "m"), overrides=SEARCH))
+    mixed = read_history(run_search(data_root=str(synth_root), out=str(tmp_path / "m"),
+                                    overrides=SEARCH + ["search.weight_step=mixed"]))
     assert "path" not in mixed[0]
 
 
@@ -113,30 +116,14 @@ def test_uniform_paths_ignore_the_alphas():
     gen = torch.Generator().manual_seed(0)
     draws = collections.Counter(sn.sample_path(gen, "uniform")[1] for _ in range(400))
     assert set(draws) == {0, 1, 2, 3} and all(60 <= n <= 140 for n in draws.values())
+    with pytest.raises(Exception, match="unknown path draw 'sparse'; valid: alphas, uniform$"):
+        sn.sample_path(gen, "sparse")  # the sparse draw was removed
 
 
-def test_sparse_paths_draw_every_number_of_in_positions_alike():
-    """weight_step=sparse: the number of positions holding IN is uniform over 0..7, each IN
-    position takes one of its IN candidates, the rest their no-IN candidate; the alphas play no part."""
-    sn = build_supernet("osnet_stem_blocks", arch=ARCH, num_classes=4)
-    with torch.no_grad():
-        sn.alphas[1].copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
-    gen = torch.Generator().manual_seed(0)
-    draws = [sn.sample_path(gen, "sparse") for _ in range(1600)]
-    n_in = collections.Counter(sum(p.in_counts[c] > 0 for p, c in zip(sn.positions, d)) for d in draws)
-    assert set(n_in) == set(range(8)) and all(140 <= n <= 260 for n in n_in.values())  # 200 each expected
-    conv2 = collections.Counter(d[1] for d in draws)  # plain half the time, each IN candidate a sixth
-    assert 700 <= conv2[0] <= 900 and all(200 <= conv2[c] <= 340 for c in (1, 2, 3))
-    again = torch.Generator().manual_seed(0)
-    assert [sn.sample_path(again, "sparse") for _ in range(1600)] == draws
-    with pytest.raises(Exception, match="unknown path draw 'dense'; valid: alphas, uniform, sparse"):
-        sn.sample_path(gen, "dense")
-
-
-@pytest.mark.parametrize("step", ["uniform", "sparse"])
-def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys, step):
-    """weight_step=uniform (or sparse): single paths, no alpha step, alphas as initialised; derive
-    defaults to --select retrieval-pooled and refuses to read the unmoved alphas by argmax."""
+def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_root, tmp_path, capsys):
+    """weight_step=uniform: single paths, no alpha step, alphas as initialised; derive defaults
+    to --select retrieval-pooled and refuses to read the unmoved alphas by argmax."""
+    step = "uniform"
     sets = SEARCH + [f"search.weight_step={step}"]
     a = run_search(data_root=str(synth_root), out=str(tmp_path / "a"), overrides=sets)
     h = read_history(a)
@@ -157,12 +144,11 @@ def test_a_uniform_search_never_steps_the_alphas_and_derives_by_retrieval(synth_
 
 @pytest.mark.parametrize("sets,needle", [
     (["search.weight_step=single_path"],
-     "search.weight_step='single_path': expected one of mixed, sampled, uniform, sparse"),
+     "search.weight_step='single_path': expected one of sampled, mixed, uniform"),
+    (["search.weight_step=sparse"], "search.weight_step='sparse': expected one of sampled, mixed, uniform"),
     (["search.weight_step=sampled", "search.order=single"], "search.weight_step=sampled needs a bilevel search"),
     (["search.weight_step=uniform", "search.cost_table=proxy", "search.cost_budget=1.02"],
      "search.weight_step=uniform never steps them"),
-    (["search.weight_step=sparse", "search.cost_table=proxy", "search.cost_budget=1.02"],
-     "search.weight_step=sparse never steps them"),
 ])
 def test_bad_weight_step_settings_exit_2(synth_root, tmp_path, capsys, sets, needle):
     rc = main(["search", "--data-root", str(synth_root), "--out", str(tmp_path / "x")]

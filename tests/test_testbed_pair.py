@@ -1,100 +1,70 @@
-"""run_testbed.py --pair and --from: a recipe that searches nothing and derives each seed from two
-other recipes' searches (the protocol's pair-pooled on the synth test-bed), or from one other
-recipe's search again with other derive settings (--stem-first)."""
+"""experiments/synthetic/run_testbed.py: the recipes come from the registry (recipes.py) alone,
+unknown and historical ones are refused before any work, and RESULTS.md is rendered from
+results.json alone (each recipe paired with the published designs by seed)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
-
-from osnas.errors import OsnasError
 
 HERE = Path(__file__).resolve().parents[1] / "experiments" / "synthetic"
 sys.path.insert(0, str(HERE))
 import run_testbed  # noqa: E402
 
 
-@pytest.mark.parametrize("recipe, pair, sets", [
-    ("p", "a", []),                 # one recipe is not a pair
-    ("p", "a,b,c", []),
-    ("a", "a,b", []),               # the pair's own name among its parts
-    ("p", "lodo,b", []),            # lodo's folders have no suffix: not a recipe name here
-    ("p", "a,b", ["search.lr=1"]),  # nothing is searched: --search-set would be ignored silently
+@pytest.mark.parametrize("recipe, says", [
+    ("pair", "unknown recipe 'pair'"),
+    ("pair-pooled", "recipe pair-pooled is historical"),  # several runs' scores pooled: the package votes now
+    ("consensus", "git checkout d8d15c6"),
 ])
-def test_bad_pair_arguments_are_refused(recipe, pair, sets):
-    with pytest.raises(OsnasError, match="--pair"):
-        run_testbed._pair_recipes(SimpleNamespace(recipe=recipe, pair=pair, search_set=sets))
+def test_unknown_and_historical_recipes_are_refused_before_any_work(tmp_path, recipe, says):
+    with pytest.raises(SystemExit) as e:
+        run_testbed.main(["--out", str(tmp_path / "tb"), "--seeds", "1,2", "--recipes", f"uniform-pooled,{recipe}"])
+    assert "\n" not in str(e.value.code) and says in str(e.value.code)
+    assert not (tmp_path / "tb").exists()  # no domain-gap retrain started
 
 
-def test_a_pair_names_its_missing_searches_before_training_anything(tmp_path):
-    r = subprocess.run([sys.executable, str(HERE / "run_testbed.py"), "--out", str(tmp_path), "--seeds", "1,2",
-                        "--recipe", "both", "--pair", "u,s"], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert str(tmp_path / "seed1" / "search-u") in r.stderr and str(tmp_path / "seed2" / "search-s") in r.stderr
-    assert list(tmp_path.iterdir()) == []  # no domain-gap retrain started
+def test_the_recorded_command_keeps_no_path_outside_the_repository(tmp_path):
+    a = run_testbed.parse_args(["--out", str(tmp_path / "tb"), "--data-root", "/tmp/data", "--seeds", "1,2",
+                                "--config", str(HERE / "testbed.yaml"), "--recipes", "vote3"])
+    assert a.command == ("python experiments/synthetic/run_testbed.py --out OUT --data-root DATA --seeds 1,2 --config "
+                         "experiments/synthetic/testbed.yaml --recipes vote3")
+    assert a.seeds == [1, 2] and a.recipes == ["vote3"]
 
 
-@pytest.mark.parametrize("recipe, src, pair, sets", [
-    ("p", "a,b", None, []),             # one recipe's search
-    ("a", "a", None, []),               # not its own
-    ("p", "lodo", None, []),
-    ("p", "a", "a,b", []),              # not with --pair
-    ("p", "a", None, ["search.lr=1"]),  # nothing is searched
-])
-def test_bad_from_arguments_are_refused(recipe, src, pair, sets):
-    with pytest.raises(OsnasError, match="--from"):
-        run_testbed._pair_recipes(SimpleNamespace(recipe=recipe, from_recipe=src, pair=pair, search_set=sets))
+def _answer(seed, m, sites, stem="in"):
+    return {"seed": seed, "mAP": m, "rank1": m + 0.05, "targets": {"synth3": {"mAP": m, "rank1": m + 0.05}},
+            "choices": {"stem": stem, "conv2.0": "plain"}, "in_sites": sites}
 
 
-def test_from_names_one_recipe_and_its_missing_searches(tmp_path):
-    assert run_testbed._pair_recipes(SimpleNamespace(recipe="u-stem", from_recipe="u", pair=None,
-                                                     search_set=[])) == ["u"]
-    r = subprocess.run([sys.executable, str(HERE / "run_testbed.py"), "--out", str(tmp_path), "--seeds", "1",
-                        "--recipe", "u-stem", "--from", "u", "--stem-first"], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("run_testbed: --from u:")
-    assert str(tmp_path / "seed1" / "search-u") in r.stderr and list(tmp_path.iterdir()) == []
+def _summary() -> dict:
+    designs = {n: [{"mAP": v + 0.01 * i, "rank1": v, "targets": {}} for i in range(2)]
+               for n, v in (("osnet", 0.15), ("osnet_ibn", 0.2), ("osnet_ain", 0.25))}
+    return {"command": "python experiments/synthetic/run_testbed.py --out OUT --recipes vote3", "commit": "abc1234",
+            "minutes": 12.3, "seeds": [1, 2],
+            "config": {"file": "osnas/configs/demo.yaml", "sources": ["synth0", "synth1", "synth2"],
+                       "targets": ["synth3"], "arch": "osnet_x0_25", "size": "64x32", "retrain_steps": 240},
+            "gap": {"synth0": {"mAP": 0.5, "rank1": 0.6}, "synth3": {"mAP": 0.3, "rank1": 0.35}},
+            "designs": designs,
+            "recipes": {"vote3": {"text": "three uniform supernets, voted", "select": "retrieval-pooled",
+                                  "runs_per_answer": 3, "moves": [], "searches": {"uniform": "search.runs=1"},
+                                  "answers": [_answer(1, 0.30, ["stem"]), _answer(2, 0.20, [], stem="bn")]}}}
 
 
-def _recipe(out: Path, seed: int, name: str, searched: float, config: bool, runs=(), stem_first=False):
-    search = out / f"seed{seed}" / f"search-{name}"
-    search.mkdir(parents=True)
-    positions = {"stem": {"choice": "in", **({"stem_first": {"moved_from": "conv2.0"}} if stem_first else {})}}
-    (search / "genotype.yaml").write_text(yaml.safe_dump({"plan": {"stem": "in"}, "select": "retrieval-pooled",
-                                                          "runs": [str(r) for r in runs], "positions": positions}))
-    if config:
-        (search / "config.yaml").write_text(yaml.safe_dump({"search": {
-            "space": "osnet_stem_blocks", "weight_step": "uniform", "objective": "unseen", "epochs": 2,
-            "steps_per_epoch": 3, "optimizer": "amsgrad", "lr": 0.02}}))
-    ev = out / f"seed{seed}" / f"eval-{name}"
-    ev.mkdir(parents=True)
-    models = {k: {"targets": {"synth3": {"mAP": v}}} for k, v in
-              (("searched-x", searched), ("osnet_ain-y", 0.25), ("osnet-z", 0.15))}
-    (ev / "metrics.json").write_text(json.dumps({"models": models}))
-    return search
-
-
-def test_compare_describes_a_pair_recipe_by_the_searches_it_derives_from(tmp_path):
-    u = _recipe(tmp_path, 1, "u", 0.20, config=True)
-    s = _recipe(tmp_path, 1, "s", 0.22, config=True)
-    _recipe(tmp_path, 1, "both", 0.30, config=False, runs=[u, s])
-    results = tmp_path / "R.md"
-    run_testbed.compare_recipes(tmp_path, str(results))
-    text = results.read_text()
-    assert "| both | the searches of u and s, derived together |" in text
-    assert "| both | 1 | 30.0 ± 0.0 | 5.0 ± 0.0 | 15.0 ± 0.0 |" in text  # paired against the shared retrains
-    assert "| u | osnet_stem_blocks | uniform | unseen | 6 | amsgrad, 0.02 | retrieval-pooled |" in text
-
-
-def test_compare_describes_a_from_recipe_and_its_stem_first_derive(tmp_path):
-    u = _recipe(tmp_path, 1, "u", 0.20, config=True)
-    _recipe(tmp_path, 1, "u-stem", 0.28, config=False, runs=[u], stem_first=True)
-    results = tmp_path / "R.md"
-    run_testbed.compare_recipes(tmp_path, str(results))
-    text = results.read_text()
-    assert "| u-stem | the searches of u, derived again | | | | | retrieval-pooled --stem-first |" in text
-    assert "| u-stem | 1 | 28.0 ± 0.0 | 3.0 ± 0.0 | 13.0 ± 0.0 |" in text
+def test_results_are_rendered_from_the_summary_alone(tmp_path):
+    """Each recipe row: its mean over seeds and its differences with OSNet-AIN and OSNet, paired by
+    seed; the recipe as it ran; what each seed chose; the agreement between seeds. Regenerating
+    from results.json gives the same bytes."""
+    text = run_testbed.render(_summary())
+    assert "osnas at commit abc1234" in text and "--out OUT" in text
+    assert "| synth0 (same domain) | 60.0 | 50.0 |" in text
+    # vote3 minus OSNet-AIN: 30 - 25 = +5 and 20 - 26 = -6 -> -0.5 ± 7.8; minus OSNet: 15 and 4 -> 9.5 ± 7.8
+    assert "| vote3 | 25.0 ± 7.1 | 30.0 ± 7.1 | -0.5 ± 7.8 | 9.5 ± 7.8 | 1, 0 |" in text
+    assert "| vote3 | three uniform supernets, voted | uniform: `search.runs=1` | retrieval-pooled | 3 | – |" in text
+    assert "| vote3 | 2 | 20.0 | 26.0 | 16.0 | nowhere |" in text
+    assert "- vote3: the most frequent genotype found by 1 of 2 seeds (2 distinct); per position, the modal " \
+           "choice's share: stem 1/2, conv2.0 2/2." in text
+    (tmp_path / "results.json").write_text(json.dumps(_summary()))
+    assert run_testbed.main(["--render", str(tmp_path / "results.json"), "--results", str(tmp_path / "R.md")]) == 0
+    assert (tmp_path / "R.md").read_text() == text

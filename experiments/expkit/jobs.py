@@ -49,20 +49,25 @@ def retrain_eval(job: dict) -> dict:
     metrics = out / "eval" / "metrics.json"
     if not metrics.is_file():
         if not _finished_retrain(out):
+            t0 = time.time()
             resume = (out / "checkpoint.pth").is_file()
             sources = ",".join(job["sources"]) if job.get("sources") else None
             # a resumed run reads its own config.yaml: the file again would put its settings over the job's
             run_retrain(genotype=job["genotype"], sources=None if resume else sources, data_root=job["root"],
                         config_file=None if resume else job["config"], out=str(out), resume=resume,
                         overrides=[] if resume else [f"run.seed={job['seed']}", *QUIET, *job.get("overrides", [])])
+            if not resume:  # the wall time of one whole retrain (a resumed one would not be)
+                (out / "retrain.seconds").write_text(f"{time.time() - t0:.1f}\n")
         targets = job.get("targets") or load_yaml(out / "config.yaml")["data"]["targets"]
         run_eval_crossdomain([str(out / "checkpoint.pth")], ",".join(targets), data_root=job["root"],
                              out=str(out / "eval"))
     m = json.loads(metrics.read_text())
     t = next(iter(m["models"].values()))["targets"]
+    took = out / "retrain.seconds"
     return {"targets": {k: {"mAP": v["mAP"], "rank1": v["rank1"]} for k, v in t.items()},
             "mAP": statistics.mean(v["mAP"] for v in t.values()),
-            "rank1": statistics.mean(v["rank1"] for v in t.values())}
+            "rank1": statistics.mean(v["rank1"] for v in t.values()),
+            "seconds": float(took.read_text()) if took.is_file() else None}
 
 
 def search(job: dict) -> dict:
@@ -118,7 +123,7 @@ def analyze(job: dict) -> dict:
         took.write_text(f"{time.time() - t0:.1f}\n")
     g = load_genotype(out / "genotype.yaml")
     return {"file": str(out / "genotype.yaml"), "plan": g.plan, "in_sites": g.in_sites(),
-            "seconds": float(took.read_text())}
+            "seconds": float(took.read_text()), "analysis": json.loads((out / "analysis.json").read_text())}
 
 
 class Pool:

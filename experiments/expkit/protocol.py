@@ -34,15 +34,30 @@ def plan_id(plan: dict) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def design_files(out: Path) -> Dict[str, str]:
-    """The constant answers as genotype names or files: the published designs, and IN in the stem only."""
+def design_files(out: Path, extra: Dict[str, dict] | None = None) -> Dict[str, str]:
+    """The constant answers as genotype names or files: the published designs, IN in the stem
+    only, and `extra` designs ({name: sites that differ from plain OSNet})."""
     from osnas.models.genotype import Genotype, named_genotype
 
-    stem = out / "designs" / "stem.yaml"
-    if not stem.is_file():
-        plan = dict(named_genotype("osnet").plan, stem="in")
-        Genotype(plan=plan, name="stem").save(stem)
-    return {**{n: n for n in PUBLISHED}, "stem": str(stem)}
+    files = {n: n for n in PUBLISHED}
+    for name, sites in {"stem": {"stem": "in"}, **(extra or {})}.items():
+        f = out / "designs" / f"{name}.yaml"
+        if not f.is_file():
+            Genotype(plan=dict(named_genotype("osnet").plan, **sites), name=name).save(f)
+        files[name] = str(f)
+    return files
+
+
+def run_designs(pool: jobs.Pool, config: str, root: str, out: Path, seeds: Sequence[int],
+                extra: Dict[str, dict] | None = None, overrides: Sequence[str] = ()) -> dict:
+    """The constant designs (and `extra` ones) retrained with every seed: {"genotypes", "scores"}."""
+    out = Path(out)
+    base = {"config": config, "root": root, "overrides": list(overrides)}
+    designs = design_files(out, extra)
+    rjobs = retrain_jobs(designs, seeds, base, out)
+    scores = scores_by_plan(rjobs, pool.map(jobs.retrain_eval, rjobs, "the constant designs"))
+    return {"genotypes": {k: {"plan_id": plan_id(_plan_of(g)), "in_sites": _in_sites(g)} for k, g in designs.items()},
+            "scores": scores}
 
 
 def _plan_of(genotype: str) -> dict:
@@ -71,8 +86,14 @@ def scores_by_plan(done: List[dict], results: List[dict]) -> Dict[str, Dict[int,
     return out
 
 
+def retrain_seconds(results: List[dict]) -> List[float]:
+    """The wall times of the retrains that ran whole (a cached or resumed one has none)."""
+    return [r["seconds"] for r in results if r.get("seconds")]
+
+
 def run_family(pool: jobs.Pool, config: str, root: str, out: Path, seeds: Sequence[int], answers: Sequence[int],
-               methods: Dict[str, dict], pick: bool = True, analyze: bool = True, overrides: Sequence[str] = ()) -> dict:
+               methods: Dict[str, dict], pick: bool = True, analyze: bool = True, overrides: Sequence[str] = (),
+               extra_designs: Dict[str, dict] | None = None) -> dict:
     """Everything above for one configuration; returns the family's results (module docstring).
     `overrides`: --set overrides of every job (a quick run's short schedules)."""
     from osnas.utils import load_yaml
@@ -80,7 +101,7 @@ def run_family(pool: jobs.Pool, config: str, root: str, out: Path, seeds: Sequen
     out = Path(out)
     base = {"config": config, "root": root, "overrides": list(overrides)}
     sources = list(load_yaml(config)["data"]["sources"])
-    designs = design_files(out)
+    designs = design_files(out, extra_designs)
     searches, derived = _methods(pool, base, out, answers, methods)
     analyses = pool.map(jobs.analyze, [dict(base, seed=100 * a, out=str(out / "analyze" / f"answer{a}"))
                                         for a in answers], "analyze") if analyze else []
@@ -93,12 +114,13 @@ def run_family(pool: jobs.Pool, config: str, root: str, out: Path, seeds: Sequen
     for a, d in zip(answers, analyses):
         genotypes[f"analyze/answer{a}"] = d["file"]
     rjobs = retrain_jobs(genotypes, seeds, base, out)
-    scores = scores_by_plan(rjobs, pool.map(jobs.retrain_eval, rjobs, "retrain and evaluate"))
+    done = pool.map(jobs.retrain_eval, rjobs, "retrain and evaluate")
+    scores = scores_by_plan(rjobs, done)
     picks = _pick(pool, base, out, seeds, sources) if pick else {}
     return {"config": config, "sources": sources, "targets": list(load_yaml(config)["data"]["targets"]),
             "seeds": list(seeds), "answers": list(answers),
             "genotypes": {k: {"plan_id": plan_id(_plan_of(g)), "in_sites": _in_sites(g)} for k, g in genotypes.items()},
-            "scores": scores, "pick": picks,
+            "scores": scores, "pick": picks, "retrain_seconds": retrain_seconds(done),
             "methods": {m: [dict(d, search_seconds=s["seconds"]) for d, s in zip(derived[m], searches[m])]
                         for m in methods},
             "analyze": analyses}

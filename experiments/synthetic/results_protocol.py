@@ -1,43 +1,46 @@
-"""RESULTS.md and figures from the protocol's results.json files (run_protocol.py calls this;
-it can also be run alone: python experiments/synthetic/results_protocol.py OUT [--results FILE]).
-Each configuration's summary is also kept beside RESULTS.md as results_<configuration>.json, so
-`python experiments/synthetic/results_protocol.py experiments/synthetic --results
-experiments/synthetic/RESULTS.md` regenerates it when the run folders are gone. Another results
-file in the same folder (--results RESULTS_X.md) keeps its own: RESULTS_X.results_<configuration>.json
-and RESULTS_X.<figure>_<configuration>.png."""
+"""RESULTS.md and figures of the protocol (run_protocol.py) from its summaries: one per
+configuration, results_<configuration>.json, kept beside RESULTS.md with run.json (the command,
+its wall time and commit) and bench_search_step.json (the step bench the targets quote), so a
+study folder regenerates its RESULTS.md byte for byte without the run folders:
+
+    python experiments/synthetic/results_protocol.py FOLDER [--results FILE]
+
+FOLDER holds the run folders' */results.json (a protocol's --out) or the copies kept beside a
+results file. Another results file in the same folder (--results RESULTS_X.md) keeps its own:
+RESULTS_X.results_<configuration>.json, RESULTS_X.run.json and RESULTS_X.<figure>_<configuration>.png.
+A committed study calls `regenerate` from its own results.py (experiments/synthetic/defaults/)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from recipes import RECIPES
 
-METHOD_TEXT = {
-    "argmax": "(a) argmax of the alphas (bilevel, leave-one-domain-out)",
-    "perturb": "(b) perturbation-based selection on the same runs (DARTS-PT)",
-    "consensus": "(d) consensus of the same runs (mean probabilities over seeds)",
-    "anneal": "(c) annealed search: entropy penalty, alpha step every 2 weight steps, alpha lr 0.1",
-    "unseen": "(e) alphas judged on a source never trained on (triplet loss)",
-    "sampled": "(c') single-path weight steps drawn from the alphas, alpha step every 2, 250 steps (same budget)",
-    "sampled-unseen": "(c'+e) single-path weight steps, alphas judged on a source never trained on",
-    "sampled-budget": "(c') single-path weight steps with a latency budget of 1.03x the all-BN network",
-    "retrieval": "(b') the (c'+e) runs, the subnet the supernet retrieves best with (BN re-estimated per subnet)",
-    "retrieval-pooled": "(b'+) the (c'+e) runs, derived by retrieval-pooled: the validation batches as one gallery",
-    "uniform": "(b'') single-path weight steps drawn uniformly, no alpha step, 350 steps (same budget); retrieval",
-    "uniform-pooled": "(b''') the (b'') runs, derived by retrieval-pooled: the validation batches as one gallery",
-    "pair-pooled": "(f) per seed, the (b'') and the (c'+e) run derived together by retrieval-pooled; a position "
-                   "takes only a candidate one of them picks alone (twice the budget)",
-    "pair3-pooled": "(f') the same pair with the sampled half stepping the alphas every 3 weight steps (1.32x a "
-                    "plain step, 275 steps)",
-    "vote3": "(d') per seed, three (b'') runs each derived alone by retrieval-pooled, the majority per position "
-             "(three times the budget)",
-    "vote3-stem": "(d'') the (d') vote with each run derived --stem-first: a run's block IN site moves to the "
-                  "stem where that costs no more than the gate",
-}
+HERE = Path(__file__).resolve().parent
+RUN_INFO = "run.json"  # beside a results file: {"args", "minutes", "commit"} of the command that wrote it
+
+
+def percentile(value: float, population: list) -> float:
+    """Share of the population the value beats or ties (100 = at least as good as all)."""
+    return 100.0 * sum(v <= value for v in population) / len(population)
+
+
+def mean_map(entry: dict) -> float:
+    """A yardstick architecture's held-out mAP: the mean over its retrain seeds (`mAP_seeds`,
+    with --yardstick-seeds above 1), else its one retrain."""
+    return statistics.mean(entry.get("mAP_seeds") or [entry["mAP"]])
+
+
+def modal(plans: list) -> dict:
+    """The most frequent of several dicts (plans or choices); ties: the earliest."""
+    keys = [json.dumps(p, sort_keys=True) for p in plans]
+    best = max(keys, key=lambda k: (keys.count(k), -keys.index(k)))
+    return json.loads(best)
 
 
 def pct(v: float) -> str:
@@ -78,7 +81,7 @@ def figures(name: str, s: dict, folder: Path, start: str = "") -> list:
     return [save_figure(f, folder / f"{start}{k}_{name}.png", "png") for k, f in figs]
 
 
-def targets_section(s: dict) -> list:
+def targets_section(s: dict, bench: Path | None = None) -> list:
     """The issue's targets, checked on the default method's numbers (the paired one); the best
     other method is named beside it, for reference, and does not make a target met."""
     d = s["paired"]["default"]
@@ -96,9 +99,7 @@ def targets_section(s: dict) -> list:
     same, seeds = (int(x) for x in m["same_genotype"].split("/")) if m["same_genotype"] != "–" else (0, 5)
     agreed = same >= 0.8 * seeds or m["mean_position_agreement"] >= 0.9  # "4 of 5" at any number of seeds
     population = [v["mAP"] for v in s["yardstick"].values()]
-    from run_protocol import _percentile
-
-    ain_top = sum(_percentile(v, population) >= 90 for v in s["noise"]["mAP"])
+    ain_top = sum(percentile(v, population) >= 90 for v in s["noise"]["mAP"])
     n = s.get("yardstick_seeds", 1)
     if "min_percentile_resolved" in m:  # placed by means over n retrains: that decides
         worst = m["min_percentile_resolved"]
@@ -122,7 +123,7 @@ def targets_section(s: dict) -> list:
              + ", ".join(f"{v} {statistics.mean(t):.2f}" for v, t in _taus(s).items()) + " (0 = no relation"
              + (f"; against the means of {n} retrains" if n > 1 else "") + ")")
             if _taus(s) else "",
-            step_target_line(), ""]
+            step_target_line(bench or BENCH), ""]
 
 
 def _worst(r: dict) -> float:
@@ -133,8 +134,6 @@ def _worst(r: dict) -> float:
 def _means_text(s: dict) -> str:
     """The yardstick retrained with several seeds: the distribution of the means, the figures the
     methods' percentiles, the Kendall tau and the position effects are read on."""
-    from run_protocol import mean_map
-
     n = s.get("yardstick_seeds", 1)
     if n < 2:
         return "."
@@ -162,8 +161,6 @@ def yardstick_section(s: dict) -> list:
     position) so a strong position does not leak into the others; and per method how many seeds
     chose the side the fit favours where the effect is beyond twice its standard error."""
     import numpy as np
-
-    from run_protocol import mean_map
 
     randoms = s["random_architectures"]
     maps = np.array([mean_map(s["yardstick"][f"random{i:02d}"]) for i in range(len(randoms))])
@@ -231,13 +228,11 @@ def lean_section(s: dict) -> list:
 
 def _paired_genotype(s: dict) -> str:
     """Which genotype the paired test retrained: the default method's most frequent one (ties:
-    the earliest seed's, as run_protocol._modal picks it), with its choices."""
-    from run_protocol import _modal
-
+    the earliest seed's, as `modal` picks it), with its choices."""
     rows = s["methods"][s["paired"]["default"]]["per_seed"]
-    modal = _modal([r["choices"] for r in rows])
-    first = next(r for r in rows if r["choices"] == modal)
-    n = sum(r["choices"] == modal for r in rows)
+    top = modal([r["choices"] for r in rows])
+    first = next(r for r in rows if r["choices"] == top)
+    n = sum(r["choices"] == top for r in rows)
     how = ("its only genotype" if len(rows) == 1 else f"found by {n} of {len(rows)} seeds" if n > 1 else
            f"every seed found another; seed {first['seed']}'s, the first")
     return how + ": " + ", ".join(f"{k}={v}" for k, v in first["choices"].items())
@@ -301,21 +296,24 @@ def step_target_line(bench: Path = BENCH) -> str:
 
 
 def _minutes(s: dict, method: str) -> str:
-    from run_protocol import METHOD_SEARCH, RUNS_PER_ANSWER, SELECT, searches_of  # the searches of each method
-
+    """A method's search wall time per answer (the sum over the searches it reads), and its derive's
+    where the derive scores the supernet."""
+    r = RECIPES.get(method)
+    if r is None:
+        return "–"
     minutes = s.get("search_minutes", {})
-    k = RUNS_PER_ANSWER.get(method, 1)  # vote3: an answer reads three searches of its variant
+    k = r.runs_per_answer  # vote3: an answer reads three searches of its variant
     per_search = [[sum(ms[i:i + k]) for i in range(0, len(ms) - k + 1, k)]
-                  for ms in (minutes.get(v, []) for v in searches_of(method))] if method in METHOD_SEARCH else []
-    mins = [sum(t) for t in zip(*per_search) if all(x == x for x in t)]  # per seed, over the method's searches
+                  for ms in (minutes.get(v, []) for v in r.searches)]
+    mins = [sum(t) for t in zip(*per_search) if all(x == x for x in t)]  # per answer, over the method's searches
     if not mins:
         return "–"
     per = f"{statistics.mean(mins):.1f} per seed"
-    derive = [r.get("derive_seconds") for r in s["methods"].get(method, {}).get("per_seed", [])]
+    derive = [row.get("derive_seconds") for row in s["methods"].get(method, {}).get("per_seed", [])]
     derive = [v for v in derive if v is not None]
-    if SELECT.get(method) in ("perturb", "retrieval", "retrieval-pooled", "vote"):  # they score the supernet
+    if r.select != "argmax" and r.select != "consensus":  # perturb and retrieval score the supernet
         per += f" + {statistics.mean(derive) / 60:.1f} derive" if derive else " + derive"
-    return per + (f", x{len(mins)} seeds" if method == "consensus" else "")
+    return per
 
 
 def cost_section(s: dict) -> list:
@@ -422,105 +420,137 @@ def export_section(s: dict) -> list:
 
 
 REPRODUCE = ("Every figure here is bit-exact only on the machine and library set that produced it (each run "
-             "folder's run.json names them): on another, float-level differences grow through training. Two runs "
-             "of the protocol, on two machines: RESULTS.md (13 methods, 5 seeds) and RESULTS_defaults.md (the "
-             "candidate defaults, 10 seeds); FINDINGS.md sets them side by side.")
+             "folder's run.json names them): on another, float-level differences grow through training. The "
+             "protocol's committed runs are indexed in experiments/README.md; experiments/synthetic/FINDINGS.md "
+             "sets them side by side.")
 
 
-def write_results(summaries: dict, results: Path, out: Path, argv, seconds: float, quick: bool = False) -> Path:
-    lines = ["# Synthetic test-bed: is the search's answer trustworthy?", "",
-             "Produced by one command (CPU, 2 cores, two jobs at a time):", "",
-             "    python experiments/synthetic/run_protocol.py " + " ".join(argv), "",
-             (f"Wall time of this invocation {seconds / 60:.0f} min (every job whose result was already in the "
-              "run folder was read, not run again; each search's own time is in the methods' table)."
-              if seconds > 0 else
-              "Regenerated from the protocol's results.json files (results_protocol.py); the run's wall time is "
-              "in its log.") + (" **Quick form: sizes too small to conclude anything.**" if quick else ""),
-             "Held-out mAP is the mean over the held-out target domains; values in %.", "",
-             REPRODUCE, "",
-             "A third family, the demo's synth domains (IN helps most there), runs several of these search "
-             "recipes against OSNet-AIN in [RESULTS_synth_recipes.md](RESULTS_synth_recipes.md) "
-             "(`run_testbed.py --recipe`).", ""]
+def header_lines(info: dict, quick: bool = False) -> list:
+    """The command that wrote the results (`info`: run.json's args, minutes, commit), and what is read how."""
+    commit = info.get("commit") or ""
+    minutes = info.get("minutes")
+    at = (f"; osnas at {commit[:-len('-dirty')]} with uncommitted changes" if commit.endswith("-dirty") else
+          f"; osnas at commit {commit}: `git checkout {commit}` runs it as it ran" if commit else "")
+    return ["# Synthetic test-bed: is the search's answer trustworthy?", "",
+            "Produced by one command (CPU, 2 cores, two jobs at a time" + at + "):", "",
+            "    python experiments/synthetic/run_protocol.py " + info.get("args", ""), "",
+            (f"Wall time of this invocation {minutes:.0f} min (every job whose result was already in the "
+             "run folder was read, not run again; each search's own time is in the methods' table)."
+             if minutes else
+             "Regenerated from the protocol's results.json files (results_protocol.py); the run's wall time is "
+             "in its log.") + (" **Quick form: sizes too small to conclude anything.**" if quick else ""),
+            "Held-out mAP is the mean over the held-out target domains; values in %.", "",
+            REPRODUCE, "",
+            "A third family, the demo's synth domains (IN helps most there), runs search recipes of the same "
+            "registry (experiments/synthetic/recipes.py) against OSNet-AIN with experiments/synthetic/run_testbed.py "
+            "(the studies experiments/synthetic/synth_recipes/ and synth_stem_first/).", ""]
+
+
+def noise_and_yardstick_lines(s: dict) -> list:
+    c, n, yard = s["config"], s["noise"], s["yardstick"]
+    targets = list(n["targets"][0])
+    lines = ["### Noise floor", "",
+             f"OSNet-AIN retrained with {len(n['mAP'])} seeds: held-out mAP {_ms(n['mAP'])}, rank-1 "
+             f"{_ms(n['rank1'])}. **Noise floor (std of the held-out mAP): {pct(n['mAP_std'])} points.**", "",
+             "| target | mAP over seeds |", "|---|---:|"]
+    lines += [f"| {t} | {_ms(r[t]['mAP'] for r in n['targets'])} |" for t in targets]
+    rand = [v["mAP"] for k, v in yard.items() if k.startswith("random")]
+    lines += ["", "### Yardstick: random architectures and the published ones", "",
+              f"{len(rand)} architectures drawn uniformly from `{c['space']}`: held-out mAP {_ms(rand)} "
+              f"(min {pct(min(rand))}, median {pct(statistics.median(rand))}, max {pct(max(rand))})"
+              + _means_text(s), "",
+              "| model | held-out mAP | rank-1 | " + " | ".join(f"{t} mAP" for t in targets) + " |",
+              "|---|---:|---:|" + "---:|" * len(targets)]
+    for k in ("osnet", "osnet_ibn", "osnet_ain"):
+        v = yard[k]
+        lines.append(f"| {k} | {pct(v['mAP'])} | {pct(v['rank1'])} | "
+                     + " | ".join(pct(v["targets"][t]["mAP"]) for t in targets) + " |")
+    return lines + [""] + yardstick_table(s)
+
+
+def _tau_key(method: str) -> str:
+    """Which Kendall tau list a method's row reads: its own where it scores subnets (retrieval), else
+    its search variant's alpha loss."""
+    r = RECIPES.get(method)
+    return "" if r is None else method if r.scores_subnets else r.searches[0]
+
+
+def methods_lines(s: dict) -> list:
+    lines = ["", "### Search methods", "",
+             "| method | same genotype | per-position agreement | held-out mAP (mean ± std over seeds) | "
+             "worst percentile | Kendall τ | search wall time (min, 1 thread) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    by_search = _taus(s)
+    for m, r in s["methods"].items():
+        taus = by_search.get(_tau_key(m), [])
+        tau = f"{statistics.mean(taus):.2f} ± {statistics.stdev(taus) if len(taus) > 1 else 0:.2f}" if taus else "–"
+        lines.append(f"| {RECIPES[m].text} | {r['same_genotype']} | {100 * r['mean_position_agreement']:.0f}% | "
+                     f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f}"
+                     + (f" (means: {r['min_percentile_resolved']:.0f})" if "min_percentile_resolved" in r else "")
+                     + f" | {tau} | {_minutes(s, m)} |")
+    lines += ["", "Per seed (held-out mAP, percentile among the yardstick, choices):", ""]
+    for m, r in s["methods"].items():
+        for row in r["per_seed"]:
+            seed = row["seed"] if row["seed"] is not None else "all"
+            ch = ", ".join(f"{k}={v}" for k, v in row["choices"].items())
+            means = (f"; mean of {len(row['mAP_seeds'])} retrains {_ms(row['mAP_seeds'])}, "
+                     f"{ordinal(row['percentile_resolved'])} among the yardstick's means"
+                     if "mAP_seeds" in row else "")
+            lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({ordinal(row['percentile'])}){means} — {ch}")
+    return lines
+
+
+def paired_lines(s: dict) -> list:
+    """The default method's modal genotype against OSNet-AIN (and plain OSNet) over the noise seeds."""
+    p, noise = s["paired"], s["noise"]["mAP_std"]
+    verdict = ("beats" if p["diff_mean"] > 2 * noise else
+               "does not beat" if p["diff_mean"] > -2 * noise else "is worse than")
+    head = (f"The {p['default']} genotype ({_paired_genotype(s)}) retrained with the noise seeds, paired with "
+            f"OSNet-AIN on the same seeds: mAP difference {pct(p['diff_mean'])} ± {pct(p['diff_std'])} points; "
+            f"twice the noise floor is {pct(2 * noise)}.")
+    lines = ["", "### Paired test against OSNet-AIN", "",
+             head + (f" **It {verdict} OSNet-AIN by more than twice the noise floor.**"
+                     if verdict != "does not beat" else " **The difference is inside the noise: no win.**"), ""]
+    po = s.get("paired_osnet")
+    if po:  # the same genotype against the answer "no IN at all"
+        lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference | OSNet (no IN) | difference |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} | {pct(z)} | {pct(x - z)} |"
+                  for i, ((x, y), (_, z)) in enumerate(zip(p["pairs"], po["pairs"]), 1)]
+        lines += ["", f"Against plain OSNet (no IN anywhere) on the same seeds: {pct(po['diff_mean'])} ± "
+                  f"{pct(po['diff_std'])} points; OSNet over these seeds: {_ms(z for _, z in po['pairs'])}."]
+    else:
+        lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference |", "|---|---:|---:|---:|"]
+        lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} |" for i, (x, y) in enumerate(p["pairs"], 1)]
+    return lines + [""] + paired_methods_section(s, noise)
+
+
+def configuration_lines(name: str, s: dict, bench: Path) -> list:
+    """Every section of one configuration, in RESULTS.md's order."""
+    c = s["config"]
+    lines = [f"## Configuration `{name}`: {', '.join(c['sources'])} → {', '.join(c['targets'])}", "",
+             f"Space `{c['space']}`, {c['arch']}, {_search_steps_text(c)}, retrain {c['retrain_steps']} steps.", ""]
+    lines += noise_and_yardstick_lines(s) + methods_lines(s)
+    lines += yardstick_section(s) + projection_section(s) + lean_section(s) + targets_section(s, bench)
+    return lines + paired_lines(s) + cost_section(s) + export_section(s)
+
+
+def write_results(summaries: dict, results: Path, info: dict, bench: Path = BENCH, quick: bool = False) -> Path:
+    """RESULTS.md at `results` and beside it its figures, each configuration's summary, run.json
+    (`info`) and the step bench it quotes: everything `regenerate` reads again."""
+    start = prefix(results)
+    lines = header_lines(info, quick)
     for name, s in summaries.items():
-        c = s["config"]
-        lines += [f"## Configuration `{name}`: {', '.join(c['sources'])} → {', '.join(c['targets'])}", "",
-                  f"Space `{c['space']}`, {c['arch']}, {_search_steps_text(c)}, retrain {c['retrain_steps']} steps.", ""]
-        n = s["noise"]
-        lines += ["### Noise floor", "",
-                  f"OSNet-AIN retrained with {len(n['mAP'])} seeds: held-out mAP {_ms(n['mAP'])}, rank-1 "
-                  f"{_ms(n['rank1'])}. **Noise floor (std of the held-out mAP): {pct(n['mAP_std'])} points.**", ""]
-        targets = list(n["targets"][0])
-        lines += ["| target | mAP over seeds |", "|---|---:|"]
-        lines += [f"| {t} | {_ms(r[t]['mAP'] for r in n['targets'])} |" for t in targets]
-        yard = s["yardstick"]
-        rand = [v["mAP"] for k, v in yard.items() if k.startswith("random")]
-        lines += ["", "### Yardstick: random architectures and the published ones", "",
-                  f"{len(rand)} architectures drawn uniformly from `{c['space']}`: held-out mAP {_ms(rand)} "
-                  f"(min {pct(min(rand))}, median {pct(statistics.median(rand))}, max {pct(max(rand))})"
-                  + _means_text(s), "",
-                  "| model | held-out mAP | rank-1 | " + " | ".join(f"{t} mAP" for t in targets) + " |",
-                  "|---|---:|---:|" + "---:|" * len(targets)]
-        for k in ("osnet", "osnet_ibn", "osnet_ain"):
-            v = yard[k]
-            lines.append(f"| {k} | {pct(v['mAP'])} | {pct(v['rank1'])} | "
-                         + " | ".join(pct(v["targets"][t]["mAP"]) for t in targets) + " |")
-        lines += [""] + yardstick_table(s)
-        lines += ["", "### Search methods", "",
-                  "| method | same genotype | per-position agreement | held-out mAP (mean ± std over seeds) | "
-                  "worst percentile | Kendall τ | search wall time (min, 1 thread) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        from run_protocol import METHOD_SEARCH, RETRIEVAL_METHODS
-
-        by_search = _taus(s)
-        for m, r in s["methods"].items():
-            taus = by_search.get(m if m in RETRIEVAL_METHODS else METHOD_SEARCH.get(m, ""), [])
-            tau = f"{statistics.mean(taus):.2f} ± {statistics.stdev(taus) if len(taus) > 1 else 0:.2f}" if taus else "–"
-            lines.append(f"| {METHOD_TEXT[m]} | {r['same_genotype']} | {100 * r['mean_position_agreement']:.0f}% | "
-                         f"{pct(r['mAP_mean'])} ± {pct(r['mAP_std'])} | {r['min_percentile']:.0f}"
-                         + (f" (means: {r['min_percentile_resolved']:.0f})" if "min_percentile_resolved" in r else "")
-                         + f" | {tau} | {_minutes(s, m)} |")
-        lines += ["", "Per seed (held-out mAP, percentile among the yardstick, choices):", ""]
-        for m, r in s["methods"].items():
-            for row in r["per_seed"]:
-                seed = row["seed"] if row["seed"] is not None else "all"
-                ch = ", ".join(f"{k}={v}" for k, v in row["choices"].items())
-                means = (f"; mean of {len(row['mAP_seeds'])} retrains {_ms(row['mAP_seeds'])}, "
-                         f"{ordinal(row['percentile_resolved'])} among the yardstick's means"
-                         if "mAP_seeds" in row else "")
-                lines.append(f"- {m}, seed {seed}: {pct(row['mAP'])} ({ordinal(row['percentile'])}){means} — {ch}")
-        lines += yardstick_section(s)
-        lines += projection_section(s)
-        lines += lean_section(s)
-        lines += targets_section(s)
-        p = s["paired"]
-        noise = n["mAP_std"]
-        verdict = ("beats" if p["diff_mean"] > 2 * noise else
-                   "does not beat" if p["diff_mean"] > -2 * noise else "is worse than")
-        which = _paired_genotype(s)
-        head = (f"The {p['default']} genotype ({which}) retrained with the noise seeds, paired with OSNet-AIN on "
-                f"the same seeds: mAP difference {pct(p['diff_mean'])} ± {pct(p['diff_std'])} points; twice the "
-                f"noise floor is {pct(2 * noise)}.")
-        lines += ["", "### Paired test against OSNet-AIN", "",
-                  head + (f" **It {verdict} OSNet-AIN by more than twice the noise floor.**"
-                          if verdict != "does not beat" else " **The difference is inside the noise: no win.**"), ""]
-        po = s.get("paired_osnet")
-        if po:  # the same genotype against the answer "no IN at all"
-            lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference | OSNet (no IN) | difference |",
-                      "|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} | {pct(z)} | {pct(x - z)} |"
-                      for i, ((x, y), (_, z)) in enumerate(zip(p["pairs"], po["pairs"]), 1)]
-            lines += ["", f"Against plain OSNet (no IN anywhere) on the same seeds: {pct(po['diff_mean'])} ± "
-                      f"{pct(po['diff_std'])} points; OSNet over these seeds: {_ms(z for _, z in po['pairs'])}."]
-        else:
-            lines += ["| seed | " + p["default"] + " | OSNet-AIN | difference |", "|---|---:|---:|---:|"]
-            lines += [f"| {i} | {pct(x)} | {pct(y)} | {pct(x - y)} |" for i, (x, y) in enumerate(p["pairs"], 1)]
-        lines += [""] + paired_methods_section(s, noise)
-        lines += cost_section(s) + export_section(s)
-        lines += [f"![{name}]({f.name})" for f in figures(name, s, results.parent, prefix(results))] + [""]
+        lines += configuration_lines(name, s, bench)
+        lines += [f"![{name}]({f.name})" for f in figures(name, s, results.parent, start)] + [""]
     results.write_text("\n".join(lines) + "\n")
     for name, s in summaries.items():  # kept beside RESULTS.md: it regenerates without the run folders
-        (results.parent / f"{prefix(results)}results_{name}.json").write_text(json.dumps(s, indent=1) + "\n")
-    print(f"wrote {results} and its {prefix(results)}results_<configuration>.json", file=sys.stderr)
+        (results.parent / f"{start}results_{name}.json").write_text(json.dumps(s, indent=1) + "\n")
+    (results.parent / f"{start}{RUN_INFO}").write_text(json.dumps(info, indent=1) + "\n")
+    kept = results.parent / f"{start}{BENCH.name}"
+    if bench.is_file() and bench.resolve() != kept.resolve():
+        shutil.copyfile(bench, kept)
+    print(f"wrote {results} and its {start}results_<configuration>.json", file=sys.stderr)
     return results
 
 
@@ -528,8 +558,6 @@ def yardstick_table(s: dict) -> list:
     """Every yardstick architecture, sorted by its held-out mAP (the mean over its retrains when
     there are several): where it puts IN and each retrain's figure, so later work can place a new
     genotype among them without retraining them (the numbers are in results_<configuration>.json)."""
-    from run_protocol import mean_map
-
     yard = s["yardstick"]
     where = {f"random{i:02d}": a for i, a in enumerate(s.get("random_architectures", []))}
     n = s.get("yardstick_seeds", 1)
@@ -569,24 +597,42 @@ def _search_steps_text(c: dict) -> str:
     return "search steps " + ", ".join(f"{v} {n}" for v, n in by.items())
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    ap.add_argument("--results", default=None)
-    ap.add_argument("--command", default=None, help="the run_protocol.py arguments that produced OUT (for the header)")
-    a = ap.parse_args()
-    out = Path(a.out)
-    results = Path(a.results or out / "RESULTS.md")
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
+def read_summaries(folder: Path, results: Path) -> dict:
+    """The configurations' summaries in `folder`: a protocol's run folders (*/results.json), else the
+    copies kept beside `results`; style and geometry first."""
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))}
     start = prefix(results) + "results_"
-    if not summaries:  # the copies write_results keeps beside the results file (experiments/synthetic/)
-        summaries = {p.stem[len(start):]: json.loads(p.read_text()) for p in sorted(out.glob(start + "*.json"))}
     if not summaries:
-        raise SystemExit(f"results_protocol: no */results.json or {start}*.json in {out}")
+        summaries = {p.stem[len(start):]: json.loads(p.read_text()) for p in sorted(folder.glob(start + "*.json"))}
+    if not summaries:
+        raise SystemExit(f"results_protocol: no */results.json or {start}*.json in {folder}")
     known = ("style", "geometry")
-    order = [c for c in known if c in summaries] + [c for c in summaries if c not in known]
-    write_results({c: summaries[c] for c in order}, results, out,
-                  [a.command or f"--out {a.out}"], 0.0)
+    return {c: summaries[c] for c in [c for c in known if c in summaries] + [c for c in summaries if c not in known]}
+
+
+def regenerate(folder: Path, results: Path, command: str | None = None) -> Path:
+    """RESULTS.md (`results`) again from what a run or a committed study keeps in `folder`: the
+    summaries, run.json (else `command` in the header) and the step bench the run quoted (else
+    none: the step target is left out rather than read off a later bench)."""
+    folder = Path(folder)
+    start = prefix(results)
+    info_file = folder / f"{start}{RUN_INFO}"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if command is not None or not info:
+        info = {"args": command or f"--out {folder}"}
+    bench = folder / f"{start}{BENCH.name}"
+    return write_results(read_summaries(folder, results), Path(results), info, bench)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", help="a protocol's --out, or a folder holding the summaries kept beside a results file")
+    ap.add_argument("--results", default=None, help="the results file to write (default FOLDER/RESULTS.md)")
+    ap.add_argument("--command", default=None, help="the run_protocol.py arguments for the header (default: the "
+                                                    "run.json kept in FOLDER)")
+    a = ap.parse_args(argv)
+    folder = Path(a.folder)
+    regenerate(folder, Path(a.results or folder / "RESULTS.md"), a.command)
 
 
 if __name__ == "__main__":

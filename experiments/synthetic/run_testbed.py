@@ -1,294 +1,286 @@
-"""The synthetic test-bed: does IN placement matter across the built-in domains, and what does the search find?
+"""The synthetic test-bed: the published designs against search recipes of recipes.py, on one family.
 
-1. Domain gap: OSNet trained on one domain, evaluated on that domain's own query/gallery
-   (identity is learnable) and on another domain (the gap).
-2. Main table: sources synth0-2, held-out target synth3; cross-domain rank-1 and mAP of
-   OSNet, OSNet-IBN, OSNet-AIN (published genotype) and the genotype our search finds
-   (bilevel, leave-one-domain-out), mean ± std over seeds; how often the search picks the
-   same genotype across seeds.
+1. domain gap   OSNet trained on the first source alone, evaluated on that source's own
+                query/gallery (identity is learnable) and on the first target (the gap);
+2. designs      OSNet, OSNet-IBN and OSNet-AIN retrained with every seed on the sources and
+                evaluated on the held-out targets;
+3. recipes      every recipe of --recipes (recipes.py): answer s derived from its searches
+                (search seed s; a recipe of K runs per answer reads the seeds (s-1)K+1 .. sK) and
+                retrained with seed s. Recipes that read the same search variant share its searches
+                (uniform-pooled and uniform-pooled-stem derive the same supernets two ways).
 
-Every number in RESULTS_synth_testbed.md comes from the run folders this script leaves under --out.
+results.json (everything the tables are made from) and RESULTS.md (--results): held-out mAP and
+rank-1 per model, each recipe minus OSNet-AIN and minus OSNet paired by seed, what each seed
+chose. Every job is cached in its folder under --out, so an interrupted run continues.
 
-    python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3
-
-Other search recipes on the same domains: `--recipe NAME --search-set KEY=VALUE ...` (and
-`--select METHOD` for derive). Their searches, searched retrains and evaluations go to
-seedN/search-NAME, retrain-searched-NAME, eval-NAME; the reference retrains are shared.
-
-    python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3,4,5 --recipe uniform \
-        --config osnas/configs/demo.yaml --results uniform.md       # the demo's search recipe
-
-A recipe can also search nothing and derive from two recipes' searches of each seed together
-(`--pair A,B`: `osnas derive --run seedN/search-A seedN/search-B`), as the protocol's default
-`pair-pooled` does, or from one other recipe's search derived again with other settings
-(`--from A`, e.g. with `--stem-first`); its genotype goes to seedN/search-NAME/genotype.yaml.
+    python experiments/synthetic/run_testbed.py --out runs/testbed --seeds 1,2,3 --recipes argmax
+    python experiments/synthetic/run_testbed.py --out runs/synth --config osnas/configs/demo.yaml \\
+        --seeds 1,2,3,4,5 --recipes uniform-pooled,uniform-pooled-stem,vote3-stem
+    python experiments/synthetic/run_testbed.py --render runs/synth/results.json --results RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from osnas.errors import OsnasError
-from osnas.utils import load_yaml
-
 HERE = Path(__file__).resolve().parent
-MODELS = ("osnet", "osnet_ibn", "osnet_ain", "searched")
+sys.path.insert(0, str(HERE.parent))
+
+from expkit import jobs, provenance, stats  # noqa: E402
+from expkit.protocol import plan_id  # noqa: E402
+
+import recipes  # noqa: E402
+from recipes import RECIPES, SEARCHES  # noqa: E402
+
+DESIGNS = ("osnet", "osnet_ibn", "osnet_ain")
+# --quick: every job at a tiny size, after the recipe's own settings (checks the machinery in minutes)
+QUICK = ["search.epochs=2", "search.steps_per_epoch=5", "search.warmup_epochs=0", "train.epochs=1",
+         "train.steps_per_epoch=10"]
 
 
-def _retrain(genotype, name, cfg_file, root, out, sources, seed, extra=()):
-    from osnas.retrain import resolve_retrain_config, train
-    from osnas.utils import load_checkpoint
-
-    ck = out / "checkpoint.pth"
-    overrides = [f"run.seed={seed}", *extra]
-    if ck.is_file():
-        cfg, g, _ = resolve_retrain_config(genotype, sources, str(root), str(cfg_file), overrides, str(out), False)
-        if load_checkpoint(ck)["epoch"] >= cfg.train.epochs:
-            return out
-        return train(*resolve_retrain_config(genotype, sources, str(root), str(cfg_file), overrides, str(out), True)[:3],
-                     resume=True)
-    cfg, g, rdir = resolve_retrain_config(genotype, sources, str(root), str(cfg_file), overrides, str(out), False)
-    g.name = name
-    return train(cfg, g, rdir)
+def _ms(values) -> str:
+    return stats.fmt(*stats.mean_sd(list(values)))
 
 
-def _eval(ckpts, targets, root, out, cfg):
-    from osnas.evaluate import run_eval_crossdomain
+class Testbed:
+    """One configuration file's runs under `out`: the jobs of every stage, built on expkit's."""
 
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    return run_eval_crossdomain([str(c) for c in ckpts], targets, data_root=str(root), out=str(out),
-                                overrides=[f"data.height={cfg.data.height}", f"data.width={cfg.data.width}"])
+    def __init__(self, a: argparse.Namespace, pool: jobs.Pool):
+        from osnas.config import build_config
+        from osnas.data import data_root
+        from osnas.data.synth import ensure_synth
+
+        self.a, self.pool, self.out = a, pool, Path(a.out)
+        self.extra = QUICK if a.quick else []
+        self.cfg = build_config(a.config, self.extra)
+        self.root = str(data_root(a.data_root or self.cfg.data.root))
+        ensure_synth(self.root, self.cfg.data.sources + self.cfg.data.targets)
+        self.base = {"root": self.root, "config": a.config, "overrides": list(self.extra)}
+
+    def gap(self) -> dict:
+        """OSNet on the first source alone, evaluated on it and on the first target."""
+        src, tgt = self.cfg.data.sources[0], self.cfg.data.targets[0]
+        job = dict(self.base, genotype="osnet", seed=self.a.seeds[0], sources=[src], targets=[src, tgt],
+                   out=str(self.out / "gap" / f"seed{self.a.seeds[0]}"))
+        return self.pool.map(jobs.retrain_eval, [job], "domain gap")[0]["targets"]
+
+    def retrain(self, genotypes: list, what: str) -> dict:
+        """[(genotype file or name, plan, seed)] retrained on the sources: {(plan id, seed): result}."""
+        todo = {(plan_id(p), s): dict(self.base, genotype=g, seed=s,
+                                      out=str(self.out / "retrain" / plan_id(p) / f"seed{s}")) for g, p, s in genotypes}
+        return dict(zip(todo, self.pool.map(jobs.retrain_eval, list(todo.values()), what)))
+
+    def search_dir(self, variant: str, seed: int) -> str:
+        return str(self.out / "search" / variant / f"seed{seed}")
+
+    def answers(self) -> dict:
+        """Every recipe's searches, then its derives: {recipe: [derive result per seed]}."""
+        need = {(v, j) for m in self.a.recipes for s in self.a.seeds
+                for v in RECIPES[m].searches for j in RECIPES[m].answer_seeds(s)}
+        sjobs = [dict(self.base, seed=j, out=self.search_dir(v, j), overrides=[*SEARCHES[v].overrides, *self.extra])
+                 for v, j in sorted(need)]
+        self.pool.map(jobs.search, sjobs, "searches")
+        djobs = [dict(root=self.root, options=RECIPES[m].derive_options(),
+                      out=str(self.out / "derived" / f"{m}-seed{s}.yaml"),
+                      run=[self.search_dir(v, j) for v in RECIPES[m].searches for j in RECIPES[m].answer_seeds(s)])
+                 for m in self.a.recipes for s in self.a.seeds]
+        res = iter(self.pool.map(jobs.derive, djobs, "derive"))
+        return {m: [next(res) for _ in self.a.seeds] for m in self.a.recipes}
 
 
-def domain_gap(cfg_file, root, out, seed):
+def check_moves(a: argparse.Namespace) -> None:
+    """A recipe that moves IN into the stem needs a space that searches the stem: refused before any work."""
     from osnas.config import build_config
+    from osnas.derive.moves import stem_index
+    from osnas.errors import OsnasError
+    from osnas.models.space import load_space
 
-    cfg = build_config(cfg_file)
-    r = _retrain("osnet", "osnet", cfg_file, root, out / "gap-train-synth0", "synth0", seed)
-    m = _eval([r / "checkpoint.pth"], "synth0,synth3", root, out / "gap-eval", cfg)
-    return next(iter(m["models"].values()))["targets"]
+    moving = [m for m in a.recipes if "stem_first" in RECIPES[m].moves]
+    if moving:
+        space = load_space(build_config(a.config).search.space)
+        try:
+            stem_index(space)
+        except OsnasError as e:
+            raise SystemExit(f"run_testbed: --recipes {','.join(moving)} on {a.config}: {e}") from None
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/testbed")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--config", default=str(HERE / "testbed.yaml"))
-    ap.add_argument("--results", default=str(HERE / "RESULTS_synth_testbed.md"))
-    ap.add_argument("--recipe", default="lodo", help="name of the search recipe (folder suffix unless lodo)")
-    ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="overrides for the search only (the retrains keep the config's settings)")
-    ap.add_argument("--select", default=None, help="derive --select (default: what the run's settings call for)")
-    ap.add_argument("--pair", default=None, metavar="A,B",
-                    help="search nothing: derive each seed from the searches of recipes A and B together")
-    ap.add_argument("--from", dest="from_recipe", default=None, metavar="A",
-                    help="search nothing: derive each seed from recipe A's search again (with --select, --stem-first)")
-    ap.add_argument("--stem-first", action="store_true", help="derive --stem-first")
-    ap.add_argument("--compare", action="store_true",
-                    help="run nothing: table every recipe found under --out against the reference retrains")
-    a = ap.parse_args()
-    if a.compare:
-        return compare_recipes(Path(a.out), a.results)
-    pair = _pair_recipes(a)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    missing = [str(r) for s in seeds for r in _pair_runs(Path(a.out), s, pair)
-               if not (r / "final_alphas.json").is_file()]
-    if missing:  # before any training: a pair derives from searches that must be there
-        raise OsnasError(f"--{'from' if a.from_recipe else 'pair'} {','.join(pair)}: no finished search in "
-                         f"{', '.join(missing)}; run those recipes first (--recipe NAME --search-set ...)")
-    from osnas.config import build_config
-    from osnas.data import data_root
-    from osnas.data.synth import ensure_synth
-    from osnas.derive import run_derive
-    from osnas.models.genotype import load_genotype
-    from osnas.search import run_search
+def run(a: argparse.Namespace) -> dict:
+    """Every stage (module docstring); the summary results.json keeps."""
+    from osnas.models.genotype import named_genotype
 
+    check_moves(a)
     t0 = time.time()
-    out = Path(a.out)
-    cfg = build_config(a.config)
-    root = data_root(a.data_root or cfg.data.root)
-    ensure_synth(root, cfg.data.sources + cfg.data.targets)
-    sources = ",".join(cfg.data.sources)
-    targets = ",".join(cfg.data.targets)
-    gap = domain_gap(a.config, root, out, seeds[0])
-
-    per_seed, genotypes = {}, {}
-    tag = "" if a.recipe == "lodo" else f"-{a.recipe}"
-    for seed in seeds:
-        sdir = out / f"seed{seed}"
-        search = sdir / f"search{tag}"
-        gpath = search / "genotype.yaml"
-        if pair:  # no search of its own: the other recipes' searches of this seed (two: derived together)
-            if not gpath.is_file():
-                search.mkdir(parents=True, exist_ok=True)
-                runs = [str(r) for r in _pair_runs(out, seed, pair)]
-                run_derive(runs if len(runs) > 1 else runs[0], out=str(gpath), select=a.select,
-                           stem_first=a.stem_first)
-        elif not (search / "final_alphas.json").is_file():
-            resume = (search / "checkpoint.pth").is_file()
-            run_search(data_root=str(root), config_file=a.config, out=str(search), resume=resume,
-                       overrides=[] if resume else [f"run.seed={seed}", *a.search_set])
-        if not gpath.is_file():
-            run_derive(search, select=a.select, stem_first=a.stem_first)
-        genotypes[seed] = load_genotype(gpath)
-        ckpts = []
-        for name in MODELS:
-            gen = str(gpath) if name == "searched" else name
-            rdir = sdir / f"retrain-{name}{tag if name == 'searched' else ''}"
-            ckpts.append(_retrain(gen, name, a.config, root, rdir, sources, seed) / "checkpoint.pth")
-        per_seed[seed] = _eval(ckpts, targets, root, sdir / f"eval{tag}", cfg)
-        print(f"seed {seed} done after {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
-    write_results(a, cfg, gap, per_seed, genotypes, time.time() - t0)
+    pool = jobs.Pool(a.workers)
+    try:
+        tb = Testbed(a, pool)
+        gap = tb.gap()
+        answers = tb.answers()
+        todo = [(n, named_genotype(n).plan, s) for n in DESIGNS for s in a.seeds]
+        todo += [(d["file"], d["plan"], s) for ds in answers.values() for d, s in zip(ds, a.seeds)]
+        done = tb.retrain(todo, "retrain and evaluate")
+    finally:
+        pool.close()
+    score = lambda plan, s: {k: done[(plan_id(plan), s)][k] for k in ("mAP", "rank1", "targets")}  # noqa: E731
+    cfg = tb.cfg
+    return {"command": a.command, "commit": provenance.commit(HERE), "minutes": round((time.time() - t0) / 60, 1),
+            "config": {"file": a.config_name, "sources": cfg.data.sources, "targets": cfg.data.targets,
+                       "arch": cfg.model.arch, "size": f"{cfg.data.height}x{cfg.data.width}",
+                       "retrain_steps": cfg.train.epochs * cfg.train.steps_per_epoch},
+            "seeds": list(a.seeds), "quick": a.quick, "gap": gap,
+            "designs": {n: [score(named_genotype(n).plan, s) for s in a.seeds] for n in DESIGNS},
+            "recipes": {m: {"text": RECIPES[m].text, "select": RECIPES[m].select,
+                            "runs_per_answer": RECIPES[m].runs_per_answer, "moves": list(RECIPES[m].moves),
+                            "searches": {v: " ".join(SEARCHES[v].overrides) for v in RECIPES[m].searches},
+                            "answers": [dict(score(d["plan"], s), seed=s, choices=d["choices"], in_sites=d["in_sites"])
+                                        for d, s in zip(ds, a.seeds)]}
+                        for m, ds in answers.items()}}
 
 
-def _pair_recipes(a) -> list:
-    """--pair A,B as the two recipe names, or --from A as one, after checking the arguments agree
-    ([] without either)."""
-    src = getattr(a, "from_recipe", None)
-    if src is not None:
-        if a.pair is not None or src.strip() in ("", a.recipe, "lodo") or "," in src or a.search_set:
-            raise OsnasError(f"--from {src!r} --recipe {a.recipe}: expected one other recipe's name (not lodo), "
-                             "without --pair or --search-set (the search is that recipe's), e.g. --recipe "
-                             "uniform-pooled-stem --from uniform-pooled --stem-first")
-        return [src.strip()]
-    if a.pair is None:
-        return []
-    pair = [r.strip() for r in a.pair.split(",") if r.strip()]
-    if len(pair) != 2 or a.recipe in pair or "lodo" in pair + [a.recipe]:
-        raise OsnasError(f"--pair {a.pair!r} --recipe {a.recipe}: expected two other recipes' names (not lodo), "
-                         "e.g. --recipe pair-pooled --pair uniform-pooled,sampled-unseen-pooled")
-    if a.search_set:
-        raise OsnasError("--pair searches nothing: --search-set does not apply (set it on the paired recipes)")
-    return pair
+# ----------------------------------------------------------------------------- RESULTS.md
+def _paired(rows: list, ref: list) -> str:
+    return _ms([x["mAP"] - y["mAP"] for x, y in zip(rows, ref)])
 
 
-def _pair_runs(out: Path, seed: int, pair: list) -> list:
-    """The search folders a --pair recipe derives seed `seed` from."""
-    return [out / f"seed{seed}" / f"search-{r}" for r in pair]
+def model_lines(s: dict) -> list:
+    """One row per published design and per recipe: held-out mAP and rank-1 over seeds, and the
+    recipe's paired differences with OSNet-AIN and OSNet."""
+    ain, plain = s["designs"]["osnet_ain"], s["designs"]["osnet"]
+    lines = ["| model | held-out mAP | rank-1 | minus OSNet-AIN, paired | minus OSNet, paired | IN sites per seed |",
+             "|---|---:|---:|---:|---:|---|"]
+    for n, rows in s["designs"].items():
+        lines.append(f"| {n} | {_ms(r['mAP'] for r in rows)} | {_ms(r['rank1'] for r in rows)} | | | published |")
+    for m, r in s["recipes"].items():
+        rows = r["answers"]
+        lines.append(f"| {m} | {_ms(x['mAP'] for x in rows)} | {_ms(x['rank1'] for x in rows)} | "
+                     f"{_paired(rows, ain)} | {_paired(rows, plain)} | "
+                     + ", ".join(str(len(x["in_sites"])) for x in rows) + " |")
+    return lines
 
 
-def _ms(vals):
-    m = statistics.mean(vals)
-    s = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
+def recipe_lines(s: dict) -> list:
+    lines = ["| recipe | what it is | its searches (--set over the configuration) | each run read by | runs per "
+             "answer | moves |", "|---|---|---|---|---:|---|"]
+    for m, r in s["recipes"].items():
+        searches = "; ".join(f"{v}: `{o}`" for v, o in r["searches"].items())
+        lines.append(f"| {m} | {r['text']} | {searches} | {r['select']} | {r['runs_per_answer']} | "
+                     f"{', '.join(r['moves']) or '–'} |")
+    return lines
 
 
-def write_results(a, cfg, gap, per_seed, genotypes, seconds):
-    targets = cfg.data.targets
-    lines = ["# Synthetic test-bed results", "",
-             "Produced by one command (CPU, 2 cores):", "",
-             "    " + " ".join(["python", "experiments/synthetic/run_testbed.py", *sys.argv[1:]]), "",
-             f"with `{Path(a.config).name}` ({cfg.model.arch}, {cfg.data.height}x{cfg.data.width}, search "
-             f"{cfg.search.epochs}x{cfg.search.steps_per_epoch} steps {cfg.search.order}-order {cfg.search.objective}"
-             + (f", recipe {a.recipe}: {' '.join(a.search_set)}" if a.search_set else "")
-             + (f", derive --select {a.select}" if a.select else "")
-             + (" --stem-first" if getattr(a, "stem_first", False) else "") + ", "
-             f"retrain {cfg.train.epochs}x{cfg.train.steps_per_epoch} steps of {cfg.data.batch_size} images). "
-             f"Wall time {seconds / 60:.0f} min. Sources {', '.join(cfg.data.sources)}; held-out target "
-             f"{', '.join(targets)}. Values are percentages.", "",
-             "## 1. Domain gap (OSNet trained on synth0 only)", "",
+def seed_lines(s: dict) -> list:
+    lines = ["| recipe | seed | held-out mAP | OSNet-AIN | OSNet | IN at |", "|---|---:|---:|---:|---:|---|"]
+    ain, plain = s["designs"]["osnet_ain"], s["designs"]["osnet"]
+    for m, r in s["recipes"].items():
+        for x, y, z in zip(r["answers"], ain, plain):
+            lines.append(f"| {m} | {x['seed']} | {100 * x['mAP']:.1f} | {100 * y['mAP']:.1f} | {100 * z['mAP']:.1f} | "
+                         f"{', '.join(x['in_sites']) or 'nowhere'} |")
+    return lines
+
+
+def agreement_lines(s: dict) -> list:
+    lines = []
+    for m, r in s["recipes"].items():
+        rows = r["answers"]
+        keys = [json.dumps(x["choices"], sort_keys=True) for x in rows]
+        n_same = Counter(keys).most_common(1)[0][1]
+        per = [f"{p} {Counter(x['choices'][p] for x in rows).most_common(1)[0][1]}/{len(rows)}"
+               for p in rows[0]["choices"]]
+        lines.append(f"- {m}: the most frequent genotype found by {n_same} of {len(rows)} seeds ({len(set(keys))} "
+                     f"distinct); per position, the modal choice's share: {', '.join(per)}.")
+    return lines
+
+
+def _at(commit: str) -> str:
+    if commit.endswith("-dirty"):
+        return f"; osnas at {commit[:-len('-dirty')]} with uncommitted changes"
+    return f"; osnas at commit {commit}: `git checkout {commit}` runs it as it ran" if commit else ""
+
+
+def render(s: dict) -> str:
+    """RESULTS.md of one test-bed run, from its results.json alone."""
+    c = s["config"]
+    src = c["sources"][0]
+    lines = ["# Synthetic test-bed: the published designs against search recipes", "",
+             "Produced by one command (CPU, 2 cores, one thread per job" + _at(s.get("commit") or "") + "):", "",
+             "    " + s["command"], "",
+             f"Configuration `{c['file']}` ({c['arch']}, {c['size']}, retrain {c['retrain_steps']} steps); sources "
+             f"{', '.join(c['sources'])}, held-out targets {', '.join(c['targets'])}. Wall time {s['minutes']:.0f} "
+             "min. Values in %; held-out mAP is the mean over the targets, differences are paired by retrain seed "
+             "(mean ± std over seeds)." + (" **Quick form: sizes too small to conclude anything.**"
+                                            if s.get("quick") else ""), "",
+             f"## 1. Domain gap (OSNet trained on {src} only)", "",
              "| evaluated on | rank-1 | mAP |", "|---|---:|---:|"]
-    for t, r in gap.items():
-        lines.append(f"| {t}{' (same domain)' if t == 'synth0' else ' (other domain)'} | {100 * r['rank1']:.1f} | "
-                     f"{100 * r['mAP']:.1f} |")
-    lines += ["", f"## 2. Cross-domain: {'+'.join(cfg.data.sources)} → {'+'.join(targets)}, mean ± std over "
-              f"{len(per_seed)} seeds ({', '.join(map(str, per_seed))})", "",
-              "| model | " + " | ".join(f"{t} rank-1 | {t} mAP" for t in targets) + " |",
-              "|---|" + "---:|" * (2 * len(targets))]
-    for name in MODELS:
-        cells = []
-        for t in targets:
-            r1 = [m["models"][name]["targets"][t]["rank1"] for m in per_seed.values()]
-            mp = [m["models"][name]["targets"][t]["mAP"] for m in per_seed.values()]
-            cells += [_ms(r1), _ms(mp)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (rank-1 / mAP):", "", "| seed | " + " | ".join(MODELS) + " |",
-              "|---|" + "---|" * len(MODELS)]
-    for seed, m in per_seed.items():
-        t = targets[0]
-        lines.append(f"| {seed} | " + " | ".join(
-            f"{100 * m['models'][n]['targets'][t]['rank1']:.1f} / {100 * m['models'][n]['targets'][t]['mAP']:.1f}"
-            for n in MODELS) + " |")
-    lines += ["", "## 3. What the search picks", "", "| seed | " + " | ".join(
-        next(iter(genotypes.values())).positions) + " | IN at |", "|---|" + "---|" * (len(
-            next(iter(genotypes.values())).positions) + 1)]
-    for seed, g in genotypes.items():
-        lines.append(f"| {seed} | " + " | ".join(
-            f"{v['choice']} ({v['probs'][v['choice']]:.2f})" for v in g.positions.values())
-            + f" | {', '.join(g.in_sites())} |")
-    keys = [tuple(sorted(g.plan.items())) for g in genotypes.values()]
-    common, n_same = Counter(keys).most_common(1)[0]
-    pos_names = list(next(iter(genotypes.values())).positions)
-    agree = []
-    for p in pos_names:
-        c = Counter(g.positions[p]["choice"] for g in genotypes.values())
-        agree.append(f"{p} {c.most_common(1)[0][1]}/{len(genotypes)}")
-    lines += ["", f"The most frequent genotype was found by {n_same} of {len(genotypes)} seeds "
-              f"({len(set(keys))} distinct genotypes). Per-position agreement with the modal choice: "
-              f"{', '.join(agree)}.", ""]
-    Path(a.results).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [f"| {t}{' (same domain)' if t == src else ' (other domain)'} | {100 * r['rank1']:.1f} | "
+              f"{100 * r['mAP']:.1f} |" for t, r in s["gap"].items()]
+    lines += ["", f"## 2. Held-out, over {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))})", ""]
+    lines += model_lines(s) + ["", "## 3. The recipes (experiments/synthetic/recipes.py as it ran)", ""]
+    lines += recipe_lines(s) + ["", "## 4. Per seed", ""] + seed_lines(s)
+    lines += ["", "## 5. Agreement between seeds", ""] + agreement_lines(s)
+    return "\n".join(lines) + "\n"
 
 
-def compare_recipes(out: Path, results: str) -> None:
-    """Every recipe under `out` (seedN/eval[-NAME]/metrics.json) on the seeds it ran: held-out mAP
-    of its searched genotype, paired against OSNet-AIN and OSNet retrained with the same seed,
-    and the IN sites each seed chose."""
-    seeds = sorted(int(d.name[4:]) for d in out.glob("seed*") if d.name[4:].isdigit())
-    evals = sorted({e.name for s in seeds for e in (out / f"seed{s}").glob("eval*") if (e / "metrics.json").is_file()})
-    if not evals:
-        raise SystemExit(f"{out}: no seedN/eval*/metrics.json to compare")
-    table = ["| recipe | seeds | searched | minus OSNet-AIN | minus OSNet | OSNet-AIN | OSNet | IN sites per seed |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    per_seed = ["| recipe | seed | searched | OSNet-AIN | OSNet | IN at |", "|---|---:|---:|---:|---:|---|"]
-    recipes = ["| recipe | space | weight step | alphas judged on | search steps | optimiser, lr | derive |",
-               "|---|---|---|---|---:|---|---|"]
-    for e in evals:
-        name, m, sites = e[5:] or "lodo", [], []
-        ran = [s for s in seeds if (out / f"seed{s}" / e / "metrics.json").is_file()]
-        for i, s in enumerate(ran):
-            search = out / f"seed{s}" / e.replace("eval", "search")
-            genotype = load_yaml(search / "genotype.yaml")
-            derive = genotype.get("select", "?") + (
-                " --stem-first" if "stem_first" in ((genotype.get("positions") or {}).get("stem") or {}) else "")
-            if i == 0 and not (search / "config.yaml").is_file():  # --pair or --from: other recipes' searches
-                paired = [Path(r).name.replace("search-", "", 1) for r in genotype.get("runs") or []]
-                how = "derived together" if len(paired) > 1 else "derived again"
-                recipes.append(f"| {name} | the searches of {' and '.join(paired)}, {how} | | | | | {derive} |")
-            elif i == 0:  # the recipe, as its first seed's search ran it
-                c = load_yaml(search / "config.yaml")["search"]
-                recipes.append(f"| {name} | {c['space']} | {c['weight_step']} | {c['objective']} | "
-                               f"{c['epochs'] * c['steps_per_epoch']} | {c['optimizer']}, {c['lr']:g} | {derive} |")
-            models = json.loads((out / f"seed{s}" / e / "metrics.json").read_text())["models"]
-            m.append({k.split("-")[0]: statistics.mean(t["mAP"] for t in v["targets"].values())
-                      for k, v in models.items()})
-            sites.append([k for k, v in (genotype.get("plan") or {}).items() if v == "in"])
-            per_seed.append(f"| {name} | {s} | {100 * m[-1]['searched']:.1f} | {100 * m[-1]['osnet_ain']:.1f} | "
-                            f"{100 * m[-1]['osnet']:.1f} | {', '.join(sites[-1]) or 'nowhere'} |")
-        diff = lambda ref: [x["searched"] - x[ref] for x in m]  # noqa: E731
-        table.append(f"| {name} | {len(m)} | {_ms([x['searched'] for x in m])} | {_ms(diff('osnet_ain'))} | "
-                     f"{_ms(diff('osnet'))} | {_ms([x['osnet_ain'] for x in m])} | {_ms([x['osnet'] for x in m])} | "
-                     f"{', '.join(str(len(x)) for x in sites)} |")
-    lines = ["# Search recipes on the synth test-bed", "", "Produced by:", "",
-             "    " + " ".join(["python", "experiments/synthetic/run_testbed.py", *sys.argv[1:]]), "",
-             "Held-out mAP (%) on the target, mean ± std over the seeds each recipe ran; the differences are "
-             "paired: the searched genotype minus OSNet-AIN (and OSNet) retrained with the same seed.", "",
-             *table, "", "The recipes (from each search's config.yaml):", "", *recipes, "", "Per seed:", "", *per_seed]
-    Path(results).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+# ----------------------------------------------------------------------------- command line
+def parse_args(argv: list) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/testbed", help="folder for every run (cached: a rerun continues)")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--seeds", default="1,2,3", help="retrain seeds, one answer per recipe each")
+    ap.add_argument("--config", default=str(HERE / "testbed.yaml"), help="the family, sizes and schedules")
+    ap.add_argument("--recipes", default="argmax", help="comma-separated, of " + ", ".join(recipes.RUNNABLE))
+    ap.add_argument("--results", default=None, help="RESULTS.md to write (default OUT/RESULTS.md)")
+    ap.add_argument("--workers", type=int, default=2, help="jobs at a time, one thread each")
+    ap.add_argument("--quick", action="store_true", help="tiny schedules and domains: checks the machinery in "
+                                                         "minutes (the sizes conclude nothing)")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="run nothing: RESULTS.md (--results) from a results.json this script wrote")
+    a = ap.parse_args(argv)
+    a.recipes = [m for m in a.recipes.split(",") if m.strip()]
+    for m in a.recipes:
+        why = recipes.refusal(m)
+        if why:
+            raise SystemExit(f"run_testbed: {why}")
+    try:
+        a.seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"run_testbed: --seeds {a.seeds!r}: expected comma-separated integers") from None
+    if not a.seeds or not a.recipes:
+        raise SystemExit("run_testbed: expected at least one seed (--seeds) and one recipe (--recipes)")
+    # as results.json records them: the configuration inside the repository by its path there, the run
+    # folder and data root (outside it) as OUT and DATA
+    cfg = Path(a.config).resolve()
+    a.config_name = str(cfg.relative_to(HERE.parents[1])) if HERE.parents[1] in cfg.parents else cfg.name
+    a.command = "python experiments/synthetic/run_testbed.py " + provenance.command(argv, a.out, a.data_root,
+                                                                                   {a.config: a.config_name})
+    return a
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    results = Path(a.results or (Path(a.render).parent if a.render else Path(a.out)) / "RESULTS.md")
+    if a.render:
+        summary = json.loads(Path(a.render).read_text())
+    else:
+        if a.quick:  # smaller generated domains too (unless the caller chose a preset)
+            os.environ.setdefault("OSNAS_SYNTH_PRESET", "small")
+        summary = run(a)
+        (Path(a.out) / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    results.write_text(render(summary))
+    print(results)
+    return 0
 
 
 if __name__ == "__main__":
+    from osnas.errors import OsnasError
+
     try:
-        main()
+        raise SystemExit(main())
     except OsnasError as e:  # bad input: one line, exit 2, as the osnas commands do
         print(f"run_testbed: {e}", file=sys.stderr)
         sys.exit(2)

@@ -26,6 +26,7 @@ from osnas.data.samplers import (
     RandomIdentitySampler,
     build_train_sampler,
     split_heldout,
+    split_identities,
 )
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "DEFAULT_SYNTH_SOURCES", "MultiSource", "build_multisource", "combine",
     "parse_names", "resolve_sources",
     "DomainBalancedPKSampler", "PKSampler", "RandomBatchSampler", "RandomIdentitySampler",
-    "build_train_sampler", "split_heldout",
+    "build_train_sampler", "split_heldout", "split_identities",
     "ImageDataset", "build_loader", "make_test_loader", "read_image",
     "build_transforms", "transforms_from_config",
 ]

@@ -283,3 +283,32 @@ def split_heldout(items, fraction: float, seed: int = 0) -> tuple[list, list]:
         k = min(max(int(round(n * fraction)), 1), n - 1)
         val.update(idx[j] for j in rng.permutation(n)[:k])
     return [it for i, it in enumerate(items) if i not in val], [it for i, it in enumerate(items) if i in val]
+
+
+def split_identities(items, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Split each domain's identities into (train identities, held-out identities), whole.
+
+    Per domain (item[3]), round(n_ids * fraction) identities, at least 2, go to the held-out
+    part with all their images; at least 2 stay in the train part. The held-out identities are
+    ones a network trained on the train part never saw: retrieval among them measures what
+    transfers to new people, as a target domain asks. Order follows `items`. Deterministic."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise OsnasError(f"held-out fraction {fraction}: expected a value strictly between 0 and 1")
+    items = list(items)
+    ids: dict = defaultdict(set)
+    for it in items:
+        ids[it[3] if len(it) > 3 else 0].add(it[1])
+    rng = np.random.default_rng([int(seed), 56])
+    held = set()
+    for dom in sorted(ids):
+        pids = sorted(ids[dom])
+        k = max(int(round(len(pids) * fraction)), 2)
+        if len(pids) - k < 2:
+            raise OsnasError(f"domain {dom} has {len(pids)} identities: too few to keep {k} out and train on at "
+                             "least 2 (lower search.val_fraction or add identities)")
+        held.update((dom, pids[j]) for j in rng.permutation(len(pids))[:k])
+
+    def key(it):
+        return (it[3] if len(it) > 3 else 0, it[1])
+
+    return [it for it in items if key(it) not in held], [it for it in items if key(it) in held]

@@ -46,7 +46,7 @@ DEFAULT_NUM_DOMAINS = 4
 MAX_DOMAINS = 64
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 _NAME_RE = re.compile(r"^synth(\d+)$")
-FAMILY_NAMES = ("synth", "hard", "geom")  # synth: this module; the others: osnas.data.synth_families
+FAMILY_NAMES = ("synth", "hard", "geom", "tex", "duo", "clear")  # synth: this module; the others: synth_families
 # The other families' code registers itself here (osnas.data.synth_families, imported by the
 # osnas.data package): family name -> module with get_spec, plan_domain, render_domain and
 # preview_grid. This module draws synth and stores every family; it never imports them.
@@ -366,35 +366,30 @@ class _Canvas:
         self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32)
 
 
-def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, scale: float = 1.0,
-                 partial: bool = False) -> np.ndarray:
-    """Draw identity `p` onto `img` (in place and returned) with a random pose."""
-    H, W = cv.h, cv.w
-    ph = min(H * p["height"] * scale * (1 + r.normal(0, 0.035)), H * 0.99)
-    cx = W / 2 + r.normal(0, W * 0.04) + (r.uniform(-0.3, 0.3) * W if partial else 0)
-    y0 = (H - ph) / 2 + r.normal(0, H * 0.02)
-    lean = r.normal(0, 0.05)
-    stride = r.uniform(0.0, 0.13)
-    swing = r.normal(0, 0.08)
-    back = r.random() < 0.5
-    b = p["build"]
-    # work inside the person's bounding box only (everything drawn lies within |u| < 0.35)
-    full, out, yy, xx, v, u = _person_box(cv, img, ph, cx, y0, lean, 0.35)
-    if out is None:
-        return full
-    H, W = out.shape[:2]
-    drawn = np.zeros((H, W), bool)
+class _Paint:
+    """A person being drawn inside its bounding box: the crop (`out`), body coordinates (u
+    across, v down, in person heights; yy, xx in pixels), what is drawn so far, the identity
+    `p`, its build `b`, height `ph` in pixels, and whether it is seen from the back."""
 
-    def put(mask, color):
+    def __init__(self, out, yy, xx, v, u, p: dict, ph: float, back: bool):
+        self.out, self.yy, self.xx, self.v, self.u = out, yy, xx, v, u
+        self.p, self.b, self.ph, self.back = p, p["build"], ph, back
+        self.drawn = np.zeros(out.shape[:2], bool)
+        self.hv, self.hr = 0.085, p["head"]
+        self.sw, self.hw = 0.125 * self.b, 0.105 * self.b  # shoulder / hip half widths
+
+    def put(self, mask, color):
         if np.ndim(color) == 1:
-            out[mask] = color
+            self.out[mask] = color
         else:
-            out[mask] = color[mask]
-        drawn[mask] = True
+            self.out[mask] = color[mask]
+        self.drawn[mask] = True
 
-    hv, hr = 0.085, p["head"]
-    sw, hw = 0.125 * b, 0.105 * b  # shoulder / hip half widths
-    # legs (drawn first: torso covers the hips)
+
+def _legs(d: _Paint, stride: float) -> None:
+    """Legs, trousers / shorts / skirt with their pattern, shoes (drawn first: the torso covers the hips)."""
+    p, u, v, b, put = d.p, d.u, d.v, d.b, d.put
+    H, W = d.out.shape[:2]
     legs = np.zeros((H, W), bool)
     leg_x = []
     for s in (-1, 1):
@@ -413,31 +408,39 @@ def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, 
             edge |= np.abs(np.abs(u - lx) - 0.036 * b) < 0.009
         bcol = np.where(edge[..., None], p["bottom2"], bcol)
     elif p["bottom_pattern"] == "checks":
-        per = p["period"] * 1.2 * ph
-        chk = ((np.floor(xx / per) + np.floor(yy / per)) % 2).astype(bool)
+        per = p["period"] * 1.2 * d.ph
+        chk = ((np.floor(d.xx / per) + np.floor(d.yy / per)) % 2).astype(bool)
         bcol = np.where(chk[..., None], p["bottom"] * 0.65, bcol)
     put(cloth, bcol)
     if p["lower"] == "skirt":
         half = 0.105 * b + 0.12 * np.clip(v - 0.50, 0, None)
         put((np.abs(u) < half) & (v >= 0.48) & (v < 0.72), bcol)
-    # shoes
     for lx in leg_x:
         put((np.abs(u - lx - 0.008) < 0.048 * b) & (v >= 0.94) & (v < 0.99), p["shoes"])
-    # arms (behind/beside the torso)
+
+
+def _arms(d: _Paint, swing: float) -> None:
+    """Arms, behind or beside the torso: sleeves, then skin, then hands."""
+    p, u, v, b, put = d.p, d.u, d.v, d.b, d.put
     for s in (-1, 1):
-        ax = s * (sw + 0.03 * b) + s * swing * np.clip(v - 0.17, 0, None) * 0.5
+        ax = s * (d.sw + 0.03 * b) + s * swing * np.clip(v - 0.17, 0, None) * 0.5
         arm = (np.abs(u - ax) < 0.033 * b) & (v >= 0.17) & (v < 0.50)
         sleeve = 0.27 if p["short_sleeves"] else 0.50
         put(arm & (v < sleeve), p["top"])
         put(arm & (v >= sleeve), p["skin"])
         put((np.abs(u - ax) < 0.03 * b) & (v >= 0.50) & (v < 0.55), p["skin"])
-    # torso with pattern
-    half = sw + (hw - sw) * np.clip((v - 0.16) / 0.36, 0, 1)
+
+
+def _torso(d: _Paint) -> None:
+    """The torso with the top's pattern (stripes, checks, two tones, a logo on the front)."""
+    p, u, v, put = d.p, d.u, d.v, d.put
+    H, W = d.out.shape[:2]
+    half = d.sw + (d.hw - d.sw) * np.clip((v - 0.16) / 0.36, 0, 1)
     torso = (np.abs(u) < half) & (v >= 0.16) & (v < 0.52)
     tpat = p["top_pattern"]
     tcol = np.broadcast_to(p["top"], (H, W, 3))
-    per = p["period"] * ph
-    tu, tv = u * ph, (v - 0.16) * ph
+    per = p["period"] * d.ph
+    tu, tv = u * d.ph, (v - 0.16) * d.ph
     if tpat == "hstripes":
         tcol = np.where(((np.floor(tv / per) % 2) == 1)[..., None], p["top2"], tcol)
     elif tpat == "vstripes":
@@ -447,12 +450,16 @@ def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, 
         tcol = np.where(chk[..., None], p["top2"], tcol)
     elif tpat == "twotone":
         tcol = np.where((v >= 0.34)[..., None], p["top2"], tcol)
-    elif tpat == "logo" and not back:
+    elif tpat == "logo" and not d.back:
         du, dv = u / 0.06, (v - 0.29) / 0.06
         shape = [du**2 + dv**2 < 1, (np.abs(du) < 0.9) & (np.abs(dv) < 0.9), np.abs(du) + np.abs(dv) < 1.1][p["logo"]]
         tcol = np.where(shape[..., None], p["top2"], tcol)
     put(torso, tcol)
-    # neck, head, hair, hat
+
+
+def _head(d: _Paint) -> None:
+    """Neck, head, hair and hat."""
+    p, u, v, put, hv, hr, back = d.p, d.u, d.v, d.put, d.hv, d.hr, d.back
     put((np.abs(u) < 0.028) & (v >= hv + hr * 0.6) & (v < 0.17), p["skin"])
     head = (u / (hr * 0.85)) ** 2 + ((v - hv) / hr) ** 2 < 1
     if p["long_hair"]:  # at the back it covers the neck; from the front only the sides show
@@ -464,9 +471,13 @@ def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, 
     if p["hat"] is not None:
         put((u / (hr * 1.0)) ** 2 + ((v - hv + hr * 0.45) / (hr * 0.65)) ** 2 < 1, p["hat"])
         put((np.abs(u + (0 if back else 0.25 * hr)) < hr * 1.2) & (np.abs(v - hv + hr * 0.2) < 0.008), p["hat"])
-    # bags
+
+
+def _bags(d: _Paint) -> None:
+    """A backpack (straps from the front), a shoulder bag or a hand bag."""
+    p, u, v, b, put, sw = d.p, d.u, d.v, d.b, d.put, d.sw
     if p["bag"] == "backpack":
-        if back:
+        if d.back:
             put((np.abs(u) < 0.10 * b) & (v >= 0.19) & (v < 0.43), p["bag_color"])
             put((np.abs(u) < 0.07 * b) & (v >= 0.31) & (v < 0.40), p["bag_color"] * 0.7)
         else:
@@ -480,9 +491,32 @@ def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, 
     elif p["bag"] == "hand":
         s = p["bag_side"]
         put((np.abs(u - s * (sw + 0.05 * b)) < 0.045) & (v >= 0.52) & (v < 0.64), p["bag_color"])
+
+
+def _draw_person(cv: _Canvas, img: np.ndarray, p: dict, r: np.random.Generator, scale: float = 1.0,
+                 partial: bool = False) -> np.ndarray:
+    """Draw identity `p` onto `img` (in place and returned) with a random pose."""
+    H, W = cv.h, cv.w
+    ph = min(H * p["height"] * scale * (1 + r.normal(0, 0.035)), H * 0.99)
+    cx = W / 2 + r.normal(0, W * 0.04) + (r.uniform(-0.3, 0.3) * W if partial else 0)
+    y0 = (H - ph) / 2 + r.normal(0, H * 0.02)
+    lean = r.normal(0, 0.05)
+    stride = r.uniform(0.0, 0.13)
+    swing = r.normal(0, 0.08)
+    back = r.random() < 0.5
+    # work inside the person's bounding box only (everything drawn lies within |u| < 0.35)
+    full, out, yy, xx, v, u = _person_box(cv, img, ph, cx, y0, lean, 0.35)
+    if out is None:
+        return full
+    d = _Paint(out, yy, xx, v, u, p, ph, back)
+    _legs(d, stride)
+    _arms(d, swing)
+    _torso(d)
+    _head(d)
+    _bags(d)
     # cylinder shading on the person only
-    shade = 1.0 - 0.30 * np.clip((u / (0.2 * b)) ** 2, 0, 1) + 0.06 * (0.5 - np.clip(v, 0, 1))
-    out[drawn] *= shade[drawn][:, None]
+    shade = 1.0 - 0.30 * np.clip((u / (0.2 * d.b)) ** 2, 0, 1) + 0.06 * (0.5 - np.clip(v, 0, 1))
+    out[d.drawn] *= shade[d.drawn][:, None]
     return full
 
 

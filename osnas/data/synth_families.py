@@ -1,4 +1,4 @@
-"""Harder synthetic domain FAMILIES next to ``synth0..N``: ``hard0..N`` and ``geom0..N``.
+"""Synthetic domain families next to synth0..N: hard, geom, and the held-out tex, duo and clear.
 
 Why: on ``synth0..N`` identity is learned quickly inside a domain and the gap between domains
 is mostly colour (cast, light, contrast, gamma) -- exactly what instance normalisation (IN)
@@ -26,6 +26,13 @@ occlusion, framing). The two families below let the data decide:
     per-image channel normalisation partly removes) plus body shape and accessories. The
     domain shift is only in what IN cannot remove: blur, resolution, viewpoint / pose
     distribution, occlusion and crop framing.
+
+``tex``, ``duo`` and ``clear`` -- three families written for the pre-registered test of the
+    search (experiments/preregistered/PLAN.md) and never used to develop it: ``tex`` keeps
+    identity in absolute colour under one colour pipeline and shifts the domains' mid-level
+    texture (a periodic overlay, `overlay`); ``duo`` mixes colour, light and moderate blur and
+    resolution shifts for a two-source shape; ``clear`` has distinct people and clean cameras,
+    its domains differing in colour cast, light and contrast (a larger signal).
 
 Everything is deterministic from (family, domain index, ``SynthParams.seed``); a family's
 knobs live in its `FamilySpec` (data, not scattered constants): the hand-made domain profiles
@@ -201,7 +208,94 @@ GEOM = FamilySpec(
     sizes=_SIZES,
 )
 
-SPECS = {"hard": HARD, "geom": GEOM}
+# ---------------------------------------------------------------------------- held-out families
+# Three families written for the pre-registered test of the search (experiments/preregistered/
+# PLAN.md) and never used to develop it. `overlay` (a profile key of these families only) lays a
+# periodic pattern over each image, a shift in mid-level texture statistics rather than in colour.
+
+_TEX_BASE = dict(_GEOM_BASE, overlay=None, occlude=0.1, blur_kind="none", lowres=(1.0, 1.0))
+
+TEX = FamilySpec(
+    name="tex", tag=7003, version=1,
+    purpose="identity in absolute colour, one colour pipeline; domains differ in a mid-level texture overlay",
+    builtin=(
+        dict(name="stripes", cams=6, overlay=("grating", 0.35, 6.0, 0.0)),
+        dict(name="bars", cams=6, overlay=("grating", 0.35, 8.0, 90.0)),
+        dict(name="checker", cams=5, overlay=("checker", 0.30, 6.0, 0.0)),
+        dict(name="diagonal", cams=6, overlay=("grating", 0.35, 7.0, 45.0)),
+        dict(name="dots", cams=5, overlay=("dots", 0.35, 8.0, 0.0)),
+    ),
+    base=_TEX_BASE,
+    random=dict(cams=(3, 9), scale=(0.6, 1.0), shift=(0.03, 0.1), occlude=(0.05, 0.3)),
+    style_colour=False, cam_colour_jitter=0.0, palette="continuous",
+    top_patterns=(("solid", 8), ("twotone", 1)),
+    bottom_patterns=(("solid", 1),),
+    period=(0.06, 0.11), sibling_frac=0.3, max_group=2,
+    sibling_edits=("top_value", "bottom_value", "top_sat", "shoes_value"),
+    sizes=_SIZES,
+)
+
+_DUO_BASE = dict(_HARD_BASE, overlay=None, occlude=0.15)
+
+DUO = FamilySpec(
+    name="duo", tag=7004, version=1,
+    purpose="two sources in, three held out: colour cast and light with moderate blur and resolution shifts",
+    builtin=(
+        dict(name="lobby", cams=6, backgrounds=("indoor",), bg_colors=((0.78, 0.72, 0.60), (0.50, 0.44, 0.36)),
+             gain=(1.12, 1.00, 0.86), light=(0.8, 1.1), blur_kind="defocus", blur=(0.0, 0.8), lowres=(1.0, 1.3),
+             jpeg=(75, 92)),
+        dict(name="plaza", cams=7, backgrounds=("street", "foliage"), bg_colors=((0.45, 0.55, 0.42), (0.62, 0.64, 0.6)),
+             gain=(0.9, 1.02, 1.12), brightness=1.1, contrast=1.15, saturation=1.15, light=(0.8, 1.2),
+             blur_kind="motion", blur=(0.0, 3.0), lowres=(1.0, 1.6), jpeg=(60, 88)),
+        dict(name="garage", cams=5, backgrounds=("wall", "street"), bg_colors=((0.5, 0.5, 0.52), (0.3, 0.3, 0.32)),
+             gain=(0.95, 1.0, 1.08), brightness=0.85, contrast=0.8, gamma=1.1, saturation=0.7, light=(0.3, 0.7),
+             well=900.0, read_noise=0.009, blur_kind="defocus", blur=(0.5, 1.5), lowres=(1.5, 2.2), jpeg=(40, 70)),
+        dict(name="station", cams=6, backgrounds=("indoor", "gradient"), bg_colors=((0.7, 0.7, 0.75), (0.4, 0.4, 0.45)),
+             gain=(1.05, 0.95, 1.05), brightness=1.15, gamma=0.9, saturation=0.9, light=(0.6, 1.0),
+             blur_kind="mixed", blur=(0.3, 2.0), lowres=(1.2, 1.8), jpeg=(50, 80), occlude=0.3),
+        dict(name="dusk", cams=5, backgrounds=("street", "foliage"), bg_colors=((0.35, 0.3, 0.4), (0.25, 0.22, 0.3)),
+             gain=(1.2, 0.95, 0.8), contrast=0.9, saturation=0.8, light=(0.2, 0.45), well=800.0, read_noise=0.008,
+             chroma=0.015, blur_kind="motion", blur=(1.0, 3.0), lowres=(1.5, 2.5), jpeg=(30, 60)),
+    ),
+    base=_DUO_BASE,
+    random=dict(HARD.random),
+    style_colour=True, cam_colour_jitter=0.08, palette="cloth",
+    top_patterns=(("solid", 3), ("hstripes", 1), ("vstripes", 1), ("checks", 1), ("print", 1), ("logo", 1),
+                  ("twotone", 1)),
+    bottom_patterns=(("solid", 5), ("sidestripe", 1), ("checks", 0.7)),
+    period=(0.03, 0.1), sibling_frac=0.25, max_group=2,
+    sibling_edits=("bag", "bag_color", "hat", "glasses", "shoes", "sleeves", "top2", "belt"),
+    sizes=_SIZES,
+)
+
+_CLEAR_BASE = dict(_HARD_BASE, overlay=None, occlude=0.05, cut=(0.0, 0.0), light=(0.95, 1.05), jpeg=(90, 95),
+                   views=(0.45, 0.45, 0.10), scale=(0.82, 0.94), shift=0.03)
+
+CLEAR = FamilySpec(
+    name="clear", tag=7005, version=1,
+    purpose="a larger signal: distinct people, clean cameras; domains differ in colour cast, light and contrast",
+    builtin=(
+        dict(name="warm", cams=4, backgrounds=("indoor",), bg_colors=((0.8, 0.72, 0.6), (0.55, 0.46, 0.38)),
+             gain=(1.25, 1.0, 0.78), brightness=1.05, saturation=1.1),
+        dict(name="cold", cams=4, backgrounds=("street",), bg_colors=((0.55, 0.6, 0.7), (0.35, 0.4, 0.5)),
+             gain=(0.8, 1.0, 1.25), brightness=0.95, contrast=1.2, gamma=0.9),
+        dict(name="green", cams=4, backgrounds=("foliage",), bg_colors=((0.3, 0.5, 0.25), (0.5, 0.65, 0.4)),
+             gain=(0.9, 1.2, 0.9), brightness=1.15, contrast=0.85, gamma=1.1, saturation=0.8),
+        dict(name="dim", cams=4, backgrounds=("wall",), bg_colors=((0.5, 0.45, 0.5), (0.3, 0.28, 0.32)),
+             gain=(1.1, 0.9, 1.05), brightness=0.7, contrast=0.75, gamma=1.2, saturation=0.6),
+    ),
+    base=_CLEAR_BASE,
+    random=dict(cams=(3, 6), gain=(0.75, 1.25), brightness=(0.7, 1.2), contrast=(0.75, 1.25), gamma=(0.8, 1.2),
+                saturation=(0.6, 1.2)),
+    style_colour=True, cam_colour_jitter=0.05, palette="cloth",
+    top_patterns=(("solid", 3), ("hstripes", 1), ("vstripes", 1), ("checks", 1), ("logo", 1), ("twotone", 1)),
+    bottom_patterns=(("solid", 5), ("sidestripe", 1)),
+    period=(0.04, 0.1), sibling_frac=0.05, max_group=2,
+    sibling_edits=("bag", "hat", "glasses", "shoes"),
+    sizes=_SIZES,
+)
+
+SPECS = {"hard": HARD, "geom": GEOM, "tex": TEX, "duo": DUO, "clear": CLEAR}
 
 
 def get_spec(family: str) -> FamilySpec:
@@ -423,53 +517,59 @@ def _pattern(p: dict, u, v, ph: float, back: bool, side: bool):
     return None
 
 
-def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
-    """Draw identity `p` onto a copy of `img` with `pose` (view, size, position, limbs)."""
-    ph, cx, y0, lean = pose["ph"], pose["cx"], pose["y0"], pose["lean"]
-    view = pose["view"]
-    side = view in ("left", "right")
-    back = view == "back"
-    s = 1.0 if view == "right" else -1.0  # facing direction in a side view
-    b = p["build"] * (0.62 if side else 1.0)  # a side view is narrower
-    full, out, yy, xx, v, u = S._person_box(cv, img, ph, cx, y0, lean, 0.45)
-    if out is None:
-        return full
-    h, w = out.shape[:2]
-    drawn = np.zeros((h, w), bool)
+class _Body:
+    """One person drawn onto an image crop: the crop (`out`), its body coordinates (u across,
+    v down, in person heights), what is drawn so far, and the parts (`leg`, `arm`, `torso`,
+    `head`) that `_draw_person` puts together for the view."""
 
-    def put(mask, color, shade=1.0):
+    def __init__(self, p: dict, pose: dict, out: np.ndarray, u: np.ndarray, v: np.ndarray):
+        self.p, self.pose, self.out, self.u, self.v = p, pose, out, u, v
+        view = pose["view"]
+        self.side, self.back = view in ("left", "right"), view == "back"
+        self.s = 1.0 if view == "right" else -1.0  # facing direction in a side view
+        self.b = p["build"] * (0.62 if self.side else 1.0)  # a side view is narrower
+        h, w = out.shape[:2]
+        self.drawn = np.zeros((h, w), bool)
+        self.hv, self.hr = 0.085, p["head"]
+        self.sw, self.hw = 0.125 * self.b, 0.105 * self.b
+        self.lower_cut = {"trousers": 0.95, "shorts": 0.70, "skirt": 0.50}[p["lower"]]
+        self.sleeve = 0.27 if p["sleeves"] == "short" else 0.50
+        self.bcol = self._bottom_colour(pose["ph"])
+
+    def _bottom_colour(self, ph: float) -> np.ndarray:
+        p, u, v = self.p, self.u, self.v
+        h, w = self.out.shape[:2]
+        bcol = np.broadcast_to(p["bottom"], (h, w, 3))
+        if p["bottom_pattern"] == "checks":
+            per = max(p["period"] * 1.2 * ph, 1.6)
+            chk = ((np.floor(u * ph / per + 1000) + np.floor(v * ph / per)) % 2).astype(bool)
+            bcol = np.where(chk[..., None], p["bottom"] * np.float32(0.65), bcol)
+        elif p["bottom_pattern"] == "faded":
+            bcol = p["bottom"] * (1.0 + 0.35 * np.clip((v - 0.5) / 0.45, 0, 1))[..., None]
+            bcol = np.clip(bcol, 0, 1).astype(np.float32)
+        return bcol
+
+    def put(self, mask, color, shade=1.0):
         c = np.asarray(color, np.float32)
         if shade != 1.0:
             c = c * np.float32(shade)
-        out[mask] = c if c.ndim == 1 else c[mask]
-        drawn[mask] = True
+        self.out[mask] = c if c.ndim == 1 else c[mask]
+        self.drawn[mask] = True
 
-    hv, hr = 0.085, p["head"]
-    sw, hw = 0.125 * b, 0.105 * b
-    stride, swing = pose["stride"], pose["swing"]
-    lower_cut = {"trousers": 0.95, "shorts": 0.70, "skirt": 0.50}[p["lower"]]
-    sleeve = 0.27 if p["sleeves"] == "short" else 0.50
-    bcol = np.broadcast_to(p["bottom"], (h, w, 3))
-    if p["bottom_pattern"] == "checks":
-        per = max(p["period"] * 1.2 * ph, 1.6)
-        chk = ((np.floor(u * ph / per + 1000) + np.floor(v * ph / per)) % 2).astype(bool)
-        bcol = np.where(chk[..., None], p["bottom"] * np.float32(0.65), bcol)
-    elif p["bottom_pattern"] == "faded":
-        bcol = p["bottom"] * (1.0 + 0.35 * np.clip((v - 0.5) / 0.45, 0, 1))[..., None]
-        bcol = np.clip(bcol, 0, 1).astype(np.float32)
-
-    def leg(lx, shade=1.0):
+    def leg(self, lx, shade=1.0):
+        p, u, v, put = self.p, self.u, self.v, self.put
         half = 0.048 * p["build"] - 0.01 * np.clip(v - 0.52, 0, 0.45)
         m = (np.abs(u - lx) < half) & (v >= 0.50) & (v < 0.95)
-        put(m & (v >= lower_cut), p["skin"], shade)
-        put(m & (v < lower_cut), bcol, shade)
+        put(m & (v >= self.lower_cut), p["skin"], shade)
+        put(m & (v < self.lower_cut), self.bcol, shade)
         if p["bottom_pattern"] == "sidestripe":
-            put(m & (v < lower_cut) & (np.abs(np.abs(u - lx) - 0.036 * p["build"]) < 0.009), p["bottom2"], shade)
-        toe = s * 0.02 if side else 0.008
-        put((np.abs(u - lx - toe) < 0.048 * p["build"] + (0.012 if side else 0)) & (v >= 0.94) & (v < 0.99),
+            put(m & (v < self.lower_cut) & (np.abs(np.abs(u - lx) - 0.036 * p["build"]) < 0.009), p["bottom2"], shade)
+        toe = self.s * 0.02 if self.side else 0.008
+        put((np.abs(u - lx - toe) < 0.048 * p["build"] + (0.012 if self.side else 0)) & (v >= 0.94) & (v < 0.99),
             p["shoes"], shade)
 
-    def arm(ax, shade=1.0, raised=False):
+    def arm(self, ax, shade=1.0, raised=False):
+        p, u, v, put, sleeve = self.p, self.u, self.v, self.put, self.sleeve
         a = (np.abs(u - ax) < 0.033 * p["build"]) & (v >= 0.17) & (v < (0.33 if raised else 0.50))
         put(a & (v < sleeve), p["top"], shade)
         put(a & (v >= sleeve), p["skin"], shade)
@@ -480,9 +580,11 @@ def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
         else:
             put((np.abs(u - ax) < 0.03 * p["build"]) & (v >= 0.50) & (v < 0.55), p["skin"], shade)
 
-    def torso(half, centre=0.0):
+    def torso(self, half, centre=0.0):
+        p, u, v, put = self.p, self.u, self.v, self.put
+        h, w = self.out.shape[:2]
         m = (np.abs(u - centre) < half) & (v >= 0.16) & (v < 0.52)
-        wgt = _pattern(p, u - centre, v, ph, back, side)
+        wgt = _pattern(p, u - centre, v, self.pose["ph"], self.back, self.side)
         col = np.broadcast_to(p["top"], (h, w, 3))
         if wgt is not None:
             col = p["top"] + (p["top2"] - p["top"]) * wgt[..., None].astype(np.float32)
@@ -490,10 +592,12 @@ def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
         if p["belt"] is not None:
             put(m & (np.abs(v - 0.505) < 0.012), p["belt"])
         if p["lower"] == "skirt":
-            sk = 0.105 * b + 0.12 * np.clip(v - 0.50, 0, None)
-            put((np.abs(u - centre) < sk) & (v >= 0.48) & (v < 0.72), bcol)
+            sk = 0.105 * self.b + 0.12 * np.clip(v - 0.50, 0, None)
+            put((np.abs(u - centre) < sk) & (v >= 0.48) & (v < 0.72), self.bcol)
 
-    def head(centre=0.0):
+    def head(self, centre=0.0):
+        p, u, v, put, hv, hr, s = self.p, self.u, self.v, self.put, self.hv, self.hr, self.s
+        back, side = self.back, self.side
         put((np.abs(u - centre) < 0.028) & (v >= hv + hr * 0.6) & (v < 0.17), p["skin"])
         hm = ((u - centre) / (hr * 0.85)) ** 2 + ((v - hv) / hr) ** 2 < 1
         if p["hair_style"] == "long":
@@ -522,51 +626,75 @@ def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
             brim = centre + (s * 0.5 * hr if side else (0 if back else 0.25 * hr))
             put((np.abs(u - brim) < hr * 1.2) & (np.abs(v - hv + hr * 0.2) < 0.008), p["hat"])
 
+    def shade(self) -> None:
+        """Round the body: darker towards its sides, a little lighter at the top."""
+        u, v, b = self.u, self.v, self.b
+        shade = 1.0 - 0.30 * np.clip((u / (0.2 * max(b, 0.5))) ** 2, 0, 1) + 0.06 * (0.5 - np.clip(v, 0, 1))
+        self.out[self.drawn] *= shade[self.drawn][:, None].astype(np.float32)
+
+
+def _draw_side(d: _Body) -> None:
+    """A side view: far limbs (darker, behind), near leg, torso, bags, head, near arm."""
+    p, u, v, put, s, b = d.p, d.u, d.v, d.put, d.s, d.b
+    stride, swing = d.pose["stride"], d.pose["swing"]
     bag = p["bag"]
-    if side:
-        far, near = -s, s
-        arm(far * np.tan(swing) * np.clip(v - 0.17, 0, None), 0.72)  # far limbs darker, behind
-        leg(far * np.tan(stride * 2.2) * np.clip(v - 0.52, 0, None), 0.72)
-        if bag == "backpack":
-            put((s * u < -0.06 * b) & (s * u > -(0.19 * b + 0.035)) & (v >= 0.19) & (v < 0.44), p["bag_color"])
-        leg(near * np.tan(stride * 2.2) * np.clip(v - 0.52, 0, None))
-        torso(0.085 * p["build"] + 0.01 * np.clip((0.52 - v) / 0.36, 0, 1), centre=0.0)
-        if bag == "shoulder":
-            put((np.abs(u + s * 0.03) < 0.055 * p["build"]) & (v >= 0.40) & (v < 0.54), p["bag_color"])
-            put((np.abs(u - (-s * 0.06 + s * 0.25 * (v - 0.16))) < 0.012) & (v >= 0.16) & (v < 0.41), p["bag_color"])
-        head(centre=s * 0.004)
-        if pose["arm"] == "phone":
-            arm(near * 0.02, raised=True)
-        else:
-            arm(near * np.tan(swing) * np.clip(v - 0.17, 0, None))
-        if bag == "hand":
-            hx = near * np.tan(swing) * 0.36
-            put((np.abs(u - hx) < 0.045) & (v >= 0.52) & (v < 0.64), p["bag_color"])
+    far, near = -s, s
+    d.arm(far * np.tan(swing) * np.clip(v - 0.17, 0, None), 0.72)  # far limbs darker, behind
+    d.leg(far * np.tan(stride * 2.2) * np.clip(v - 0.52, 0, None), 0.72)
+    if bag == "backpack":
+        put((s * u < -0.06 * b) & (s * u > -(0.19 * b + 0.035)) & (v >= 0.19) & (v < 0.44), p["bag_color"])
+    d.leg(near * np.tan(stride * 2.2) * np.clip(v - 0.52, 0, None))
+    d.torso(0.085 * p["build"] + 0.01 * np.clip((0.52 - v) / 0.36, 0, 1), centre=0.0)
+    if bag == "shoulder":
+        put((np.abs(u + s * 0.03) < 0.055 * p["build"]) & (v >= 0.40) & (v < 0.54), p["bag_color"])
+        put((np.abs(u - (-s * 0.06 + s * 0.25 * (v - 0.16))) < 0.012) & (v >= 0.16) & (v < 0.41), p["bag_color"])
+    d.head(centre=s * 0.004)
+    if d.pose["arm"] == "phone":
+        d.arm(near * 0.02, raised=True)
     else:
+        d.arm(near * np.tan(swing) * np.clip(v - 0.17, 0, None))
+    if bag == "hand":
+        hx = near * np.tan(swing) * 0.36
+        put((np.abs(u - hx) < 0.045) & (v >= 0.52) & (v < 0.64), p["bag_color"])
+
+
+def _draw_front(d: _Body) -> None:
+    """A front or back view: legs, arms, backpack straps, torso, head, bags."""
+    p, u, v, put, b, back, sw = d.p, d.u, d.v, d.put, d.b, d.back, d.sw
+    stride, swing = d.pose["stride"], d.pose["swing"]
+    bag = p["bag"]
+    for sg in (-1, 1):
+        d.leg(sg * 0.052 * b + sg * stride * 0.3 * np.clip(v - 0.52, 0, None))
+    for sg in (-1, 1):
+        raised = d.pose["arm"] == "phone" and sg == d.pose["arm_side"]
+        open_ = swing if d.pose["arm"] == "wide" else swing * 0.3
+        d.arm(sg * (sw + 0.03 * b) + sg * abs(open_) * np.clip(v - 0.17, 0, None) * 0.6, raised=raised)
+    if bag == "backpack" and not back:
         for sg in (-1, 1):
-            leg(sg * 0.052 * b + sg * stride * 0.3 * np.clip(v - 0.52, 0, None))
-        for sg in (-1, 1):
-            raised = pose["arm"] == "phone" and sg == pose["arm_side"]
-            open_ = swing if pose["arm"] == "wide" else swing * 0.3
-            arm(sg * (sw + 0.03 * b) + sg * abs(open_) * np.clip(v - 0.17, 0, None) * 0.6, raised=raised)
-        if bag == "backpack" and not back:
-            for sg in (-1, 1):
-                put((np.abs(u - sg * 0.075 * b) < 0.014) & (v >= 0.16) & (v < 0.36), p["bag_color"])
-        torso(sw + (hw - sw) * np.clip((v - 0.16) / 0.36, 0, 1))
-        head()
-        if bag == "backpack" and back:
-            put((np.abs(u) < 0.10 * b) & (v >= 0.19) & (v < 0.43), p["bag_color"])
-            put((np.abs(u) < 0.07 * b) & (v >= 0.31) & (v < 0.40), p["bag_color"] * np.float32(0.7))
-        elif bag == "shoulder":
-            sd = p["bag_side"] * (-1 if back else 1)
-            put((np.abs(u - sd * 0.17 * b) < 0.055 * b) & (v >= 0.40) & (v < 0.54), p["bag_color"])
-            line = np.abs((u + sd * 0.10 * b) - sd * 0.9 * (v - 0.16)) < 0.013
-            put(line & (v >= 0.16) & (v < 0.42) & (np.abs(u) < sw), p["bag_color"])
-        elif bag == "hand":
-            sd = p["bag_side"] * (-1 if back else 1)
-            put((np.abs(u - sd * (sw + 0.05 * b)) < 0.045) & (v >= 0.52) & (v < 0.64), p["bag_color"])
-    shade = 1.0 - 0.30 * np.clip((u / (0.2 * max(b, 0.5))) ** 2, 0, 1) + 0.06 * (0.5 - np.clip(v, 0, 1))
-    out[drawn] *= shade[drawn][:, None].astype(np.float32)
+            put((np.abs(u - sg * 0.075 * b) < 0.014) & (v >= 0.16) & (v < 0.36), p["bag_color"])
+    d.torso(sw + (d.hw - sw) * np.clip((v - 0.16) / 0.36, 0, 1))
+    d.head()
+    if bag == "backpack" and back:
+        put((np.abs(u) < 0.10 * b) & (v >= 0.19) & (v < 0.43), p["bag_color"])
+        put((np.abs(u) < 0.07 * b) & (v >= 0.31) & (v < 0.40), p["bag_color"] * np.float32(0.7))
+    elif bag == "shoulder":
+        sd = p["bag_side"] * (-1 if back else 1)
+        put((np.abs(u - sd * 0.17 * b) < 0.055 * b) & (v >= 0.40) & (v < 0.54), p["bag_color"])
+        line = np.abs((u + sd * 0.10 * b) - sd * 0.9 * (v - 0.16)) < 0.013
+        put(line & (v >= 0.16) & (v < 0.42) & (np.abs(u) < sw), p["bag_color"])
+    elif bag == "hand":
+        sd = p["bag_side"] * (-1 if back else 1)
+        put((np.abs(u - sd * (sw + 0.05 * b)) < 0.045) & (v >= 0.52) & (v < 0.64), p["bag_color"])
+
+
+def _draw_person(cv, img: np.ndarray, p: dict, pose: dict) -> np.ndarray:
+    """Draw identity `p` onto a copy of `img` with `pose` (view, size, position, limbs)."""
+    full, out, yy, xx, v, u = S._person_box(cv, img, pose["ph"], pose["cx"], pose["y0"], pose["lean"], 0.45)
+    if out is None:
+        return full
+    d = _Body(p, pose, out, u, v)
+    (_draw_side if d.side else _draw_front)(d)
+    d.shade()
     return full
 
 
@@ -650,11 +778,15 @@ def _camera(r: np.random.Generator, prof: dict, spec: FamilySpec, H: int, W: int
     kind = prof["blur_kind"]
     if kind == "mixed":
         kind = "motion" if r.random() < 0.5 else "defocus"
-    return dict(
+    cam = dict(
         scene=scene, colour=colour, views=views / views.sum(), scale=float(r.uniform(*prof["scale"])),
         exposure=exposure, blur_kind=kind, blur=float(r.uniform(*prof["blur"])),
         lowres=float(r.uniform(*prof["lowres"])), jpeg=int(round(r.uniform(prof["jpeg"][0], prof["jpeg"][1]))),
     )
+    if prof.get("overlay"):  # the held-out families' texture: each camera's period and angle jittered
+        kind_, amp, period, angle = prof["overlay"]
+        cam["overlay"] = (kind_, float(amp), float(period * r.uniform(0.9, 1.1)), float(angle + r.normal(0, 5.0)))
+    return cam
 
 
 # ---------------------------------------------------------------------------- degradations
@@ -743,8 +875,30 @@ def _render(cv, person: dict | None, cam: dict, prof: dict, spec: FamilySpec, r:
             img = np.power(img, np.float32(prof["gamma"]), dtype=np.float32)
     else:
         img = np.clip(img * np.float32(r.uniform(0.97, 1.03)), 0, 1)
+    if cam.get("overlay"):
+        img = overlay(img, *cam["overlay"], r)
     img = _degrade(img, cam, prof, r)
     return (img * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(img: np.ndarray, kind: str, amp: float, period: float, angle: float, r: np.random.Generator) -> np.ndarray:
+    """A periodic pattern of zero mean laid over the image, multiplicatively, at a random phase:
+    `grating` (stripes at `angle` degrees), `checker` or `dots`, `period` pixels, `amp` its
+    relative contrast. It moves mid-level texture statistics and leaves the mean colour."""
+    H, W = img.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    t = np.deg2rad(angle)
+    ph = r.uniform(0, 2 * np.pi, 2).astype(np.float32)
+    k = np.float32(2 * np.pi / period)
+    if kind == "grating":
+        pat = np.sin(k * (xx * np.float32(np.cos(t)) + yy * np.float32(np.sin(t))) + ph[0])
+    elif kind == "checker":
+        pat = np.sign(np.sin(k * xx + ph[0]) * np.sin(k * yy + ph[1]))
+    elif kind == "dots":
+        pat = np.sin(k * xx + ph[0]) * np.sin(k * yy + ph[1])
+    else:
+        raise OsnasError(f"unknown overlay {kind!r}; expected grating, checker or dots")
+    return np.clip(img * (1 + np.float32(amp) * pat)[..., None], 0, 1).astype(np.float32)
 
 
 # ============================================================================ one domain

@@ -10,12 +10,10 @@ from typing import Callable, List, Sequence
 
 import torch
 
-from osnas.derive.runs import SearchRun, _agreement, _best, _genotype, _mean_probs, load_supernet, run_config
+from osnas.derive.options import PERTURB_ORDERS
+from osnas.derive.runs import SearchRun, _best, _genotype, load_supernet, run_config
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
-
-PERTURB_ORDERS = ("fixed", "greedy")
-
 
 def remove_candidate(w: torch.Tensor, c: int) -> torch.Tensor:
     """Mixing weights `w` without candidate c: its weight set to 0, the others renormalised to
@@ -149,31 +147,13 @@ def perturb_run(run: SearchRun, batches: int = 4, order: str = "fixed", data_roo
     return perturb_select(run.probs, scorer, order)
 
 
-def select_perturb(runs: Sequence[SearchRun], batches: int = 4, order: str = "fixed", data_root: str | None = None,
-                   device: str = "auto", **_) -> Genotype:
-    """perturb_select per run; one run: its choices; several: a majority vote per position.
-
-    `positions[p]["scores"]` = the candidates' scores (the run's, or their mean over runs),
-    plus the base loss and decision rank (one run) or the votes (several). Vote ties go to
-    the larger mean probability of the runs, then the earlier candidate. `agreement` = the
-    fraction of runs whose own perturb choice is the chosen candidate."""
-    results = [perturb_run(r, batches, order, data_root, device) for r in runs]
-    per_run = [res.chosen for res in results]
+def select_perturb(run: SearchRun, batches: int = 4, order: str = "fixed", data_root: str | None = None,
+                   device: str = "auto") -> Genotype:
+    """perturb_select on one run: its choices, with `positions[p]["scores"]` (each candidate's
+    removal score), the base loss and the step at which the position was decided."""
+    res = perturb_run(run, batches, order, data_root, device)
     rnd = 8
-    if len(runs) == 1:
-        res, r = results[0], runs[0]
-        extra = [{"scores": {n: round(v, rnd) for n, v in zip(p.names, res.scores[i])},
-                  "base_loss": round(res.base[i], rnd), "decided": res.rank[i]}
-                 for i, p in enumerate(r.space.positions)]
-        return _genotype(runs, "perturb", res.chosen, r.probs, [1.0] * len(res.chosen), extra)
-    mean = _mean_probs(runs)
-    chosen, extra = [], []
-    for i, p in enumerate(runs[0].space.positions):
-        k = len(p.candidates)
-        votes = [sum(rc[i] == j for rc in per_run) for j in range(k)]
-        chosen.append(_best([(votes[j], float(mean[i][j])) for j in range(k)]))
-        mscore = [sum(res.scores[i][j] for res in results) / len(results) for j in range(k)]
-        extra.append({"scores": {n: round(v, rnd) for n, v in zip(p.names, mscore)},
-                      "votes": dict(zip(p.names, votes)),
-                      "run_scores": [{n: round(v, rnd) for n, v in zip(p.names, res.scores[i])} for res in results]})
-    return _genotype(runs, "perturb", chosen, mean, _agreement(per_run, chosen), extra)
+    extra = [{"scores": {n: round(v, rnd) for n, v in zip(p.names, res.scores[i])},
+              "base_loss": round(res.base[i], rnd), "decided": res.rank[i]}
+             for i, p in enumerate(run.space.positions)]
+    return _genotype([run], "perturb", res.chosen, run.probs, [1.0] * len(res.chosen), extra)

@@ -1,13 +1,11 @@
 """`osnas derive --select retrieval | retrieval-pooled`: ask the supernet which one-hot subnet
 retrieves best.
 
-The other selection methods read the alphas (argmax, consensus) or the supernet's alpha loss
-(perturb). Measured on the synthetic test-bed (experiments/synthetic/RESULTS.md), neither
-ranks architectures as retraining does: the supernet's loss gives a Kendall tau near 0
-against the retrained held-out mAP of 20 random architectures, and it prefers IN in the
-last stage where retraining shows IN costs about 2.5 mAP. A loss depends on the scale of the
-features and on a classifier trained on the mixture; IN rescales features per image. The
-question re-ID asks is different: is the right identity ranked first, by cosine distance,
+The other selection methods read the alphas (argmax) or the supernet's alpha loss
+(perturb). On the synthetic test-beds neither ranked architectures as retraining does, and
+both leaned towards IN where retraining showed it costs mAP (the figures: experiments/README.md).
+A loss depends on the scale of the features and on a classifier trained on the mixture; IN
+rescales features per image. The question re-ID asks is different: is the right identity ranked first, by cosine distance,
 among images of a domain? This module asks the supernet exactly that, one subnet at a time:
 
     score(subnet) = mean over validation batches of the all-against-all retrieval mAP
@@ -36,51 +34,40 @@ one-standard-error rule of model selection (Breiman et al., "Classification and 
 Trees", 1984), with the project's two-error threshold. The order is a prior: the stem and the
 shallow blocks come first and take an effect before deeper sites can claim it (IN removes
 appearance early: Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via
-IBN-Net", ECCV 2018); a best-first ascent, which moves the position furthest beyond the gate,
-was measured and rejected (README, "Search options that decide how trustworthy the answer is").
-With several runs the per-batch scores of all runs' supernets are pooled (one ascent), and a
-position's agreement is the fraction of runs whose own scores pick the chosen candidate at the
-final point. Pooling shrinks the standard error, and it can pass a candidate no run picks on its
-own scores, on the runs' biases added up: a position then chooses only among the simplest
-candidate and those some run picks alone (`supported`), so pooled data decide between the runs'
-answers but do not make a new one.
+IBN-Net", ECCV 2018); a best-first ascent was measured and rejected. Each run is read alone;
+several runs are combined by vote (vote.py): pooling the runs' units into one ascent shrinks the
+standard error and passes sites no run picks alone, on the runs' biases added up.
 
-retrieval-pooled (derive's default for uniform and unseen-objective runs) pools the validation
-batches into one gallery (`identity_aps`) and takes each identity's mean query AP as the paired
-unit. Inside one batch of 8 identities retrieval is easy for every subnet (69-89% mAP on the
-demo's synth domains, where the retrained subnets differ by 10 points and more), and the batch
-score missed the IN stem there in 4 of 5 seeds; pooled, it found it in 4 of 5. On the test-bed
-(two configurations x two kinds of supernet) pooling raised the agreement across seeds in 3 of
-the 4 and the worst seed's percentile among random architectures in 3 of the 4
-(experiments/synthetic/RESULTS.md, RESULTS_synth_recipes.md).
+retrieval-pooled (derive's default for runs judged on data their weights never saw) pools the
+validation batches into one gallery (`identity_aps`) and takes each identity's mean query AP as
+the paired unit: inside one batch of a few identities retrieval is easy for every subnet and the
+differences between subnets saturate; pooled, the gallery is harder, and identities, not
+batches, are the independent units. It chooses on one half of the kept-out identities
+(`identity_half`), so that derive's check against the published designs (decide.py) can use the
+other half, people the choice never saw.
 
---stem-first (`stem_first`) applies the same shallow-first prior across positions once the ascent
-has stopped. An answer with a BN stem and IN at block sites is a supernet that wants appearance
-removed somewhere but has placed it by its own training trajectory: on the test-bed's `style`
-configuration 8 of 30 uniform supernets put one or two block sites and no two the same, where
-19 put IN in the stem (experiments/synthetic/FINDINGS.md). For each such site the path with that
-site back at its simplest candidate and IN in the stem is scored on the same units, paired; the
-best of them replaces the answer unless it scores below it by more than the gate. The record
-(`stem_first` on the stem position) keeps every tried site's difference in standard errors.
+The stem move (--stem-first) and the check against published designs are passes derive runs
+after this selection, on the same scorer (moves.py, decide.py).
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from osnas.derive.runs import _agreement, _genotype, _mean_probs, load_supernet
+from osnas.derive.options import GATE as Z
+from osnas.derive.runs import SearchRun, _genotype, load_supernet
 from osnas.errors import OsnasError
+from osnas.models.genotype import Genotype
 
 SWEEPS = 3
 # the selection methods of this module and their score units: per validation batch, or per
 # identity of the validation batches pooled into one gallery
 GALLERIES = {"retrieval": "batch", "retrieval-pooled": "pooled"}
-Z = 2.0  # IN must beat the simplest candidate by more than this many standard errors
 
 
 def query_aps(features: torch.Tensor, pids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -113,9 +100,8 @@ def batch_retrieval_map(features: torch.Tensor, pids: torch.Tensor) -> float:
 def identity_aps(features: torch.Tensor, pids: torch.Tensor) -> List[float]:
     """The validation batches pooled into one gallery: per identity (in pid order), the mean AP
     of its images as queries against every other image. One batch holds a few identities, and
-    retrieval among them is easy for every subnet (69-89% mAP on the synth domains, where the
-    subnets differ by 10 points and more on a larger gallery); the pooled gallery is harder, and
-    identities, not batches, are the independent units for the standard error."""
+    retrieval among them is easy for every subnet; the pooled gallery is harder, and identities,
+    not batches, are the independent units for the standard error."""
     ap, q = query_aps(features, pids)
     return [float(ap[q == i].mean()) for i in torch.unique(q).tolist()]
 
@@ -151,33 +137,42 @@ def recalibrated_bn(model: torch.nn.Module, forward: Callable, batches: Sequence
         model.train(was)
 
 
+HALVES = 2  # retrieval-pooled: the kept-out people split in two, one half to choose on, one to check on
+
+
 class SubnetScorer:
     """`scorer.per_batch(path) -> [score per unit]` of one subnet of a run's supernet (path: a
-    candidate index per position), after its BN recalibration: the mAP of each validation batch
-    (gallery "batch"), or each identity's mean AP in the batches pooled into one gallery
-    ("pooled"); `scorer(path)` is their mean. Cached per path. Batches without two images of one
-    identity are left out (for every subnet alike, so the scores stay paired)."""
+    candidate index per position), after its BN recalibration on the run's weight batches:
+
+    gallery "batch"   the mAP of each of `batches` validation batches per source (batches
+                      without two images of one identity left out, for every subnet alike);
+    gallery "pooled"  each identity's mean AP, the validation images pooled into one gallery,
+                      each image once. With `half` (0 or 1) twice as many batches are read and
+                      only the identities of that half are kept (`identity_half`): derive
+                      chooses on half 0 and checks its answer against the published designs on
+                      half 1, people the choice never saw.
+
+    `scorer(path)` is the mean of the units. Cached per path."""
 
     def __init__(self, run, batches: int = 4, data_root: str | None = None, device: str = "auto",
-                 gallery: str = "batch"):
+                 gallery: str = "batch", half: Optional[int] = None):
         if gallery not in GALLERIES.values():
             raise OsnasError(f"unknown retrieval gallery {gallery!r}; valid: {', '.join(GALLERIES.values())}")
-        self.gallery = gallery
-        sc = load_supernet(run, batches, data_root, device, weight_batches=True)
-        self.model, self.calib, self.device = sc.model, sc.calib, sc.device
-        keep = [i for i, b in enumerate(sc.val) if len(set(b[1].tolist())) < len(b[1])]
-        self.val = [sc.val[i] for i in keep]
-        # pooled: each image once. A PK stream draws an image again once it has been through the
-        # source (beyond about one epoch of it); an image's copy is its own perfect match, which
-        # would inflate every subnet's AP alike and shrink the differences the gate tests
-        self.first = None  # (N,) bool over the pooled images: the first copy of each
-        if gallery == "pooled" and sc.val_index:
-            seen: set = set()
-            self.first = torch.tensor([k not in seen and not seen.add(k) for i in keep for k in sc.val_index[i]])
-        if len(self.val) < 2:  # one batch gives no standard error: no difference could be told from noise
-            raise OsnasError(f"{run.path}: retrieval needs at least 2 validation batches with two images of one "
-                             f"identity to estimate its noise; {len(self.val)} of the {len(sc.val)} have "
-                             "(raise --batches)")
+        if half is not None and gallery != "pooled":
+            raise OsnasError("a half of the kept-out identities is a setting of the pooled gallery")
+        self.gallery, self.half = gallery, half
+        sc = load_supernet(run, batches * (HALVES if half is not None else 1), data_root, device, weight_batches=True)
+        self.model, self.device = sc.model, sc.device
+        self.calib = sc.calib[: len(sc.calib) // HALVES] if half is not None else sc.calib
+        if gallery == "pooled":
+            self.val = _pooled_images(sc, half, int(run.ck.get("seed") or 0))
+            enough = len({int(p) for b in self.val for p in b[1]}) >= 2
+        else:
+            self.val = [b for b in sc.val if len(set(b[1].tolist())) < len(b[1])]
+            enough = len(self.val) >= 2
+        if not enough:  # one unit gives no standard error: no difference could be told from noise
+            raise OsnasError(f"{run.path}: retrieval needs at least 2 validation {'batches' if gallery == 'batch' else 'identities'} "
+                             f"with two images of one identity to estimate its noise (raise --batches)")
         self.cache: Dict[Tuple[int, ...], List[float]] = {}
 
     @property
@@ -191,10 +186,7 @@ class SubnetScorer:
             with recalibrated_bn(self.model, fwd, self.calib), torch.no_grad():
                 feats = [fwd(b[0]) for b in self.val]  # per batch (B, D)
             if self.gallery == "pooled":
-                f, pids = torch.cat(feats), torch.cat([b[1] for b in self.val]).cpu()
-                if self.first is not None:
-                    f, pids = f[self.first.to(f.device)], pids[self.first]
-                self.cache[key] = identity_aps(f, pids)
+                self.cache[key] = identity_aps(torch.cat(feats), torch.cat([b[1] for b in self.val]).cpu())
             else:
                 self.cache[key] = [batch_retrieval_map(f, b[1]) for f, b in zip(feats, self.val)]
         return self.cache[key]
@@ -202,6 +194,34 @@ class SubnetScorer:
     def __call__(self, path: Sequence[int]) -> float:
         scores = self.per_batch(path)
         return sum(scores) / len(scores)
+
+
+def identity_half(pids: Sequence[int], seed: int) -> Dict[int, int]:
+    """{identity: 0 or 1}: the identities split into two halves by a permutation seeded by the
+    run's seed (the first half, rounded up, is 0)."""
+    ids = sorted({int(p) for p in pids})
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(int(seed) * 7919 + 17)).tolist()
+    return {ids[j]: int(r >= (len(ids) + 1) // 2) for r, j in enumerate(order)}
+
+
+def _pooled_images(sc, half: Optional[int], seed: int) -> list:
+    """The validation batches as one gallery: each image once (a PK stream draws an image again
+    once it has been through the source, and an image's copy is its own perfect match, which
+    would inflate every subnet's AP alike), only the identities of `half` when given; returned
+    as batches of at most the original size, [images (B, C, H, W), pids (B,)]."""
+    seen: set = set()
+    x, pids = [], []
+    for b, index in zip(sc.val, sc.val_index):
+        first = torch.tensor([k not in seen and not seen.add(k) for k in index], dtype=torch.bool)
+        x.append(b[0][first.to(b[0].device)])
+        pids.append(b[1][first.to(b[1].device)].cpu())
+    x, pids = torch.cat(x), torch.cat(pids)
+    if half is not None:
+        side = identity_half(pids.tolist(), seed)
+        keep = torch.tensor([side[int(p)] == half for p in pids], dtype=torch.bool)
+        x, pids = x[keep.to(x.device)], pids[keep]
+    size = max(len(b[1]) for b in sc.val)
+    return [[x[i:i + size], pids[i:i + size]] for i in range(0, len(pids), size)]
 
 
 def _mean_se(xs: Sequence[float]) -> Tuple[float, float]:
@@ -212,199 +232,70 @@ def _mean_se(xs: Sequence[float]) -> Tuple[float, float]:
     return m, (sum((x - m) ** 2 for x in xs) / (n - 1) / n) ** 0.5
 
 
-def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = Z,
-         allowed: Sequence[int] | None = None) -> Tuple[int, List[float]]:
+def pick(rows: Sequence[Sequence[float]], simplicity: Sequence[int], z: float = Z) -> Tuple[int, List[float]]:
     """The simplest candidate whose score is not worse than the best beyond `z` standard errors.
 
-    rows[c]: candidate c's per-batch scores (paired across candidates); simplicity[c]: its IN
+    rows[c]: candidate c's per-unit scores (paired across candidates); simplicity[c]: its IN
     sites (fewer = simpler). The best is the largest mean; a candidate is within the noise when
-    the mean of its paired per-batch difference to the best is at most z times that mean's
+    the mean of its paired per-unit difference to the best is at most z times that mean's
     standard error. Among those, the fewest IN sites, then the larger mean, then the earlier.
-    `allowed`: choose among these candidates only (their best is then the reference), the gaps
-    still reported against the best of all.
     Returns (choice, per candidate: that difference in standard errors, 0 for the best)."""
     means = [sum(r) / len(r) for r in rows]
-    cands = range(len(rows)) if allowed is None else sorted(set(allowed))
-
-    def gaps_to(best):
-        out = []
-        for r in rows:
-            m, se = _mean_se([b - x for b, x in zip(rows[best], r)])
-            out.append(0.0 if m == 0 else (m / se if se > 0 else float("inf")))
-        return out
-
-    def best_of(cs):
-        return max(cs, key=lambda c: (means[c], -simplicity[c], -c))
-
-    best = best_of(range(len(rows)))
-    gaps = gaps_to(best)
-    ref = gaps if best_of(cands) == best else gaps_to(best_of(cands))
-    within = [c for c in cands if ref[c] <= z]
+    best = max(range(len(rows)), key=lambda c: (means[c], -simplicity[c], -c))
+    gaps = []
+    for r in rows:
+        m, se = _mean_se([b - x for b, x in zip(rows[best], r)])
+        gaps.append(0.0 if m == 0 else (m / se if se > 0 else float("inf")))
+    within = [c for c in range(len(rows)) if gaps[c] <= z]
     return min(within, key=lambda c: (simplicity[c], -means[c], c)), gaps
 
 
-def supported(run_rows: Sequence[Sequence[Sequence[float]]], simplicity: Sequence[int], z: float = Z) -> List[int]:
-    """The candidates of one position that several runs may pool over: the simplest, and each
-    run's own `pick` on its own scores (run_rows[r][c]: run r's per-unit scores of candidate c).
-    Pooled units shrink the standard error, and a candidate no run picks alone can pass the pooled
-    gate on the runs' summed biases: on the test-bed such sites lowered the retrained mAP."""
-    simplest = min(range(len(simplicity)), key=lambda c: (simplicity[c], c))
-    return sorted({simplest} | {pick(rows, simplicity, z)[0] for rows in run_rows})
-
-
-def _position(per_batch, simplicity, path, i, z, run_scores=()):
+def _position(per_batch, simplicity, path, i, z):
     """Position i of `path` decided by `pick` with the others fixed: (choice, mean score of each
-    candidate, its gap to the best in standard errors). With several runs (`run_scores`) the
-    choice is made among the `supported` candidates only."""
+    candidate, its gap to the best in standard errors)."""
     paths = [path[:i] + [c] + path[i + 1:] for c in range(len(simplicity[i]))]
     rows = [per_batch(p) for p in paths]
-    allowed = supported([[f(p) for p in paths] for f in run_scores], simplicity[i], z) \
-        if len(run_scores) > 1 else None
-    choice, gaps = pick(rows, simplicity[i], z, allowed)
+    choice, gaps = pick(rows, simplicity[i], z)
     return choice, [sum(r) / len(r) for r in rows], gaps
 
 
 def coordinate_ascent(per_batch: Callable[[List[int]], List[float]], simplicity: Sequence[Sequence[int]],
-                      start: Sequence[int], z: float = Z, sweeps: int = SWEEPS,
-                      run_scores: Sequence[Callable[[List[int]], List[float]]] = ()):
+                      start: Sequence[int], z: float = Z, sweeps: int = SWEEPS):
     """Improve the path one position at a time by `pick`. simplicity[i][c]: IN sites of
-    candidate c at position i. With several runs (`run_scores`: each run's own per-unit scores;
-    `per_batch` their pooled units) a position chooses among the `supported` candidates only.
-    Returns (path, means, gaps, sweeps run), means[i][c] = the mean score with position i set to
-    c and the others at the returned path (from the last sweep, so they describe the final
-    point), gaps[i][c] its distance to the best in standard errors."""
+    candidate c at position i. Returns (path, sweeps run)."""
     path = [int(c) for c in start]
-    sizes = [len(s) for s in simplicity]
-
-    def position(i):
-        return _position(per_batch, simplicity, path, i, z, run_scores)
-
     for sweep in range(1, sweeps + 1):
-        changed, means, gaps = False, [], []
-        for i in range(len(sizes)):
-            c, m, g = position(i)
+        changed = False
+        for i in range(len(path)):
+            c = _position(per_batch, simplicity, path, i, z)[0]
             changed |= c != path[i]
             path[i] = c
-            means.append(m)
-            gaps.append(g)
         if not changed:
-            return path, means, gaps, sweep
-    final = [position(i) for i in range(len(sizes))]  # the last sweep moved: describe the final point
-    return path, [f[1] for f in final], [f[2] for f in final], sweeps
+            return path, sweep
+    return path, sweeps
 
 
-def stem_index(space) -> int:
-    """The index of the position that searches the stem; an OsnasError where the space does not."""
+def describe(per_batch: Callable[[List[int]], List[float]], space, path: Sequence[int], z: float = Z) -> List[dict]:
+    """Per position, at the final `path`: every candidate's mean score with the others fixed
+    (`scores`), its distance below the best in standard errors (`gap_se`) and the gate (`gate_se`)
+    -- what the genotype file and `osnas plot` show each choice rests on."""
+    path = list(path)
+    out = []
     for i, p in enumerate(space.positions):
-        if p.unit == "stem" and max(p.in_counts) > 0:
-            return i
-    raise OsnasError(f"--stem-first moves IN into the stem, but space {space.name!r} does not search the stem "
-                     "(no position of unit 'stem' with an IN candidate)")
+        _, means, gaps = _position(per_batch, [q.in_counts for q in space.positions], path, i, z)
+        out.append({"scores": {n: round(v, 6) for n, v in zip(p.names, means)},
+                    "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps)}, "gate_se": z})
+    return out
 
 
-def move_to_stem(per_batch: Callable[[List[int]], List[float]], space, path: Sequence[int],
-                 z: float = Z) -> Tuple[List[int], dict]:
-    """`path` with one block IN site moved to the stem, where that costs no more than `z`
-    standard errors (module docstring, --stem-first).
-
-    Applies when the stem is at its simplest candidate (BN) and some other position holds IN:
-    for each such position k the path with k at its simplest candidate and the stem at its IN
-    candidate is scored on the same units as `path` (per_batch: per-unit scores, paired); the
-    best by mean is taken unless its mean difference to `path` is below -z standard errors.
-    Returns (path, record): record["tried"] = {position: difference in standard errors},
-    record["moved_from"] = the position whose IN went to the stem (None: nothing moved)."""
-    path = [int(c) for c in path]
-    s = stem_index(space)
-    P = space.positions
-    stem = P[s]
-    record: dict = {"tried": {}, "moved_from": None, "gate_se": z}
-    sites = [k for k, p in enumerate(P) if k != s and p.in_counts[path[k]]]
-    if stem.in_counts[path[s]] or not sites:
-        return path, record
-    with_in = max(range(len(stem.names)), key=lambda c: (stem.in_counts[c] > 0, -stem.in_counts[c], -c))
-    base = per_batch(path)
-    best = None  # (mean difference, its standard error, position, path)
-    for k in sites:
-        q = list(path)
-        q[s], q[k] = with_in, P[k].simplest
-        m, se = _mean_se([a - b for a, b in zip(per_batch(q), base)])
-        record["tried"][P[k].name] = round(m / se, 3) if se > 0 else (0.0 if m == 0 else math.copysign(math.inf, m))
-        if best is None or m > best[0]:
-            best = (m, se, k, q)
-    m, se, k, q = best
-    if m >= -z * se:
-        record["moved_from"] = P[k].name
-        return q, record
-    return path, record
-
-
-def check_gate(z) -> float:
-    """The gate in standard errors (`osnas derive --gate`): a finite number >= 0."""
-    try:
-        v = float(z)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not v >= 0 or v == float("inf"):
-        raise OsnasError(f"--gate {z!r}: expected a number of standard errors >= 0 (default {Z:g})")
-    return v
-
-
-def select_retrieval(runs: Sequence, batches: int = 4, data_root: str | None = None, device: str = "auto",
-                     gallery: str = "batch", gate: float = Z, stem_first: bool = False, **_):
-    """The subnet of best held-out retrieval mAP (module docstring), as a genotype.
-
-    `positions[p]["scores"]` = each candidate's mAP at the final point (mean over the runs'
-    validation batches), `positions[p]["gap_se"]` its distance below the best in standard
-    errors, `positions[p]["gate_se"]` the gate it was chosen with (`gate`: IN must beat the
-    simplest candidate by more than this many standard errors); with several runs `run_scores`
-    per run, and `supported`: the candidates the choice was made among (the simplest and each
-    run's own pick at the final point, `supported`). `stem_first`: then move a block IN site to
-    the stem where that costs no more than the gate (`move_to_stem`, recorded as
-    `positions[stem]["stem_first"]`); the scores describe the final point after the move."""
-    z = check_gate(gate)
-    space = runs[0].space
-    if stem_first:
-        stem_index(space)  # a space without a searched stem: the error before any scoring
+def select_retrieval(run: SearchRun, scorer: SubnetScorer, gate: float = Z) -> Genotype:
+    """The subnet of best held-out retrieval mAP (module docstring) of one run, as a genotype:
+    starting from no IN, coordinate ascent by `pick` on `scorer`'s units (a SubnetScorer of the
+    run, gallery "batch" for retrieval and "pooled" for retrieval-pooled); every position records
+    its candidates' scores at the final point (`describe`)."""
+    space = run.space
     simplicity = [p.in_counts for p in space.positions]
-    scorers = [SubnetScorer(r, batches, data_root, device, gallery) for r in runs]
-    pooled = lambda path: [x for sc in scorers for x in sc.per_batch(path)]  # noqa: E731
     start = [p.simplest for p in space.positions]  # no IN: the null answer
-    chosen, means, gaps, _ = coordinate_ascent(pooled, simplicity, start, z=z,
-                                               run_scores=[sc.per_batch for sc in scorers])
-    moved = None
-    if stem_first:
-        chosen, moved = move_to_stem(pooled, space, chosen, z)
-        if moved["moved_from"]:  # describe the new final point
-            final = [_position(pooled, simplicity, chosen, i, z, [sc.per_batch for sc in scorers])
-                     for i in range(len(chosen))]
-            means, gaps = [f[1] for f in final], [f[2] for f in final]
-    rnd = 6
-
-    def alt(i, c):
-        return [*chosen[:i], c, *chosen[i + 1:]]
-
-    def run_rows(sc, i):  # one run's scores of every candidate at position i, the others at the final point
-        return [sc.per_batch(alt(i, c)) for c in range(len(simplicity[i]))]
-
-    if moved is not None and moved["moved_from"] and len(scorers) == 1:
-        per_run = [list(chosen)]  # one run's answer is its own choice: the move changes two positions at once
-    else:
-        per_run = [[pick(run_rows(sc, i), s, z)[0] for i, s in enumerate(simplicity)] for sc in scorers]
-    extra = []
-    for i, p in enumerate(space.positions):
-        e = {"scores": {n: round(v, rnd) for n, v in zip(p.names, means[i])},
-             "gap_se": {n: round(v, 3) for n, v in zip(p.names, gaps[i])}, "gate_se": z}
-        if len(runs) > 1:
-            e["run_scores"] = [{n: round(sc(alt(i, c)), rnd) for c, n in enumerate(p.names)} for sc in scorers]
-            e["supported"] = [p.names[c] for c in supported([run_rows(sc, i) for sc in scorers], simplicity[i], z)]
-        if moved is not None and p.unit == "stem":
-            e["stem_first"] = moved
-        extra.append(e)
-    probs = runs[0].probs if len(runs) == 1 else _mean_probs(runs)
-    name = next(s for s, g in GALLERIES.items() if g == gallery)
-    return _genotype(runs, name, chosen, probs, _agreement(per_run, chosen), extra)
-
-
-def select_retrieval_pooled(runs: Sequence, **kw):
-    """`select_retrieval` scored on the validation batches pooled into one gallery (identity_aps)."""
-    return select_retrieval(runs, **dict(kw, gallery="pooled"))
+    chosen, _ = coordinate_ascent(scorer.per_batch, simplicity, start, z=gate)
+    name = next(s for s, g in GALLERIES.items() if g == scorer.gallery)
+    return _genotype([run], name, chosen, run.probs, [1.0] * len(chosen), describe(scorer.per_batch, space, chosen, gate))

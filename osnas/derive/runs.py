@@ -17,7 +17,7 @@ from osnas.errors import OsnasError, first_line
 from osnas.models import relax
 from osnas.models.genotype import Genotype, genotype_from_probs
 from osnas.models.space import SearchSpace, load_space
-from osnas.rundir import CHECKPOINT, CONFIG, RUN_JSON, SPACE
+from osnas.rundir import CHECKPOINT, CONFIG, RUN_JSON, SPACE, supernet_dirs
 from osnas.utils import load_checkpoint, read_json
 
 
@@ -72,6 +72,15 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None) -> SearchRun
             raise OsnasError(f"{ck_path}: alphas of position {p.name} do not fit its {len(p.candidates)} candidates")
         probs.append(pr)
     return SearchRun(run, ck_path, ck, space, probs)
+
+
+def expand_runs(paths: Sequence) -> List[Path]:
+    """The supernet run folders behind the folders given: a search of several supernets
+    (search.runs > 1) stands for each of them, a single supernet's folder for itself."""
+    out: List[Path] = []
+    for p in paths:
+        out += supernet_dirs(p) or [Path(p)]
+    return out
 
 
 def _check_same_space(runs: Sequence[SearchRun]) -> None:
@@ -149,10 +158,10 @@ class Scoring:
 
 def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto",
                   weight_batches: bool = False) -> Scoring:
-    """A run's checkpoint rebuilt from its config.yaml, with the first steps of its batch plan
+    """A run's checkpoint rebuilt from its config.yaml, with steps of its batch plan
     (SearchBatches.plan_steps from step 0, the run's seed): `batches` per source the alpha step
-    draws from, i.e. lodo N x (number of sources) steps, heldout and unseen N steps. Images go
-    through the evaluation transform (no augmentation)."""
+    draws from, i.e. lodo and identities N x (number of sources) steps, heldout and unseen N
+    steps. Images go through the evaluation transform (no augmentation)."""
     from osnas.search.bilevel import search_batches, search_supernet
     from osnas.training import batch_loader
     from osnas.utils import resolve_device
@@ -173,8 +182,8 @@ def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None
         model.load_state_dict(ck["model"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise OsnasError(f"{run.ck_path}: supernet weights do not fit the run's {CONFIG} ({first_line(e)})") from None
-    steps = batches * len(data.domains) if data.objective == "lodo" else batches
-    plan = data.plan_steps(0, steps)  # [weight, alpha] per step
+    per = data.alpha_steps_per_source()
+    plan = data.plan_steps(0, batches * per)  # [weight, alpha] per step
 
     def load(keys):
         return [[t.to(dev) for t in b] for b in batch_loader(data.dataset, keys, 0)]

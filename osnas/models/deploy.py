@@ -463,6 +463,10 @@ def export_onnx(model, path: Union[str, Path], height: int = 256, width: int = 1
 
     net = _export_net(model)
     path = Path(path)
+    try:  # as every osnas output: its folder is made (atomic_write_bytes does the same for the file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OsnasError(f"cannot write {path}: {e.strerror or e}") from None
     ex = torch.randn(2, 3, height, width)
     tmp = path.with_name(f".{path.name}.tmp-export")
     errors = []

@@ -52,7 +52,7 @@ class Genotype:
     seed: Optional[int] = None
     step: Optional[int] = None
     nonshared: dict = field(default_factory=dict)  # unit -> chosen candidate (non-shared supernets)
-    # how `osnas derive` chose (osnas.derive): the selection method (argmax | perturb | consensus | retrieval;
+    # how `osnas derive` chose (osnas.derive): the selection method (argmax | perturb | retrieval | vote;
     # '' = not derived, e.g. a named genotype or a file written before these fields existed), per
     # position the fraction of the runs used whose own choice is this genotype's, and those runs
     select: str = ""
@@ -61,6 +61,11 @@ class Genotype:
     # the deployment cost (osnas.search.budget.cost_record): backend, predicted `relative` latency
     # (to the all-BN network) and `predicted_ms`, the budget, and when timed `latency_ms`
     cost: dict = field(default_factory=dict)
+    # the settings derive read the runs with (osnas.derive.options.DeriveConfig.record)
+    derive: dict = field(default_factory=dict)
+    # the check against the published designs (osnas.derive.decide): every score on fresh kept-out
+    # batches, the searched answer, the verdict ("searched" | "published") and why
+    decision: dict = field(default_factory=dict)
 
     def __post_init__(self):
         full = check_plan(self.plan)

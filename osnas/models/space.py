@@ -101,6 +101,20 @@ class SearchSpace:
             plan.update(p.candidates[c])
         return plan
 
+    def choices_for(self, plan: Dict[str, str]) -> Dict[str, str] | None:
+        """The architecture {position: candidate} whose plan is `plan` (a full single-op plan,
+        e.g. a published design's), or None where the space cannot express it."""
+        fixed = self.fixed_plan()
+        if any(plan.get(s, op) != op for s, op in fixed.items()):
+            return None
+        choices = {}
+        for p in self.positions:
+            match = [n for n in p.names if all(plan.get(s) == op for s, op in p.candidates[n].items())]
+            if not match:
+                return None
+            choices[p.name] = match[0]
+        return choices
+
     def size(self) -> int:
         n = 1
         for p in self.positions:

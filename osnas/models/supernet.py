@@ -26,7 +26,7 @@ from osnas.models.osnet import WIDTHS, OSNet, derived_state_dict, site_unit
 from osnas.models import relax
 from osnas.models.space import SearchSpace, load_space
 
-DRAWS = ("alphas", "uniform", "sparse")  # how sample_path draws a single path
+DRAWS = ("alphas", "uniform")  # how sample_path draws a single path
 
 
 class Supernet(nn.Module):
@@ -108,33 +108,12 @@ class Supernet(nn.Module):
         return assign
 
     def sample_path(self, generator: Optional[torch.Generator] = None, draw: str = "alphas") -> List[int]:
-        """One candidate index per position (`draw`, one of DRAWS):
-
-        alphas   each position from the alphas' probabilities;
-        uniform  every candidate alike, whatever the alphas: a path has IN at most positions
-                 (3 of a block's 4 candidates hold IN), far from the few-IN subnets that
-                 retrieval derive asks about, starting from the subnet without IN;
-        sparse   the number of positions with IN drawn uniformly from 0 to all of them, those
-                 positions drawn uniformly, each taking one of its IN candidates alike and
-                 the others their candidate with the fewest IN sites: every IN count is
-                 trained equally often, so the few-IN subnets get their share."""
-        if draw == "sparse":
-            return self._sparse_path(generator)
+        """One candidate index per position (`draw`, one of DRAWS): from the alphas'
+        probabilities, or every candidate alike whatever the alphas (`uniform`)."""
         if draw not in DRAWS:
             raise OsnasError(f"unknown path draw {draw!r}; valid: {', '.join(DRAWS)}")
         probs = [torch.ones(len(p.candidates)) for p in self.positions] if draw == "uniform" else self.probs()
         return [int(torch.multinomial(p.float(), 1, generator=generator)) for p in probs]
-
-    def _sparse_path(self, generator: Optional[torch.Generator]) -> List[int]:
-        counts = [p.in_counts for p in self.positions]
-        path = [p.simplest for p in self.positions]  # per position: fewest IN sites
-        more = [[k for k in range(len(c)) if c[k] > c[path[i]]] for i, c in enumerate(counts)]
-        free = [i for i, m in enumerate(more) if m]  # positions that can take more IN
-        n_in = int(torch.randint(len(free) + 1, (1,), generator=generator))
-        for j in torch.randperm(len(free), generator=generator)[:n_in].tolist():
-            i = free[j]
-            path[i] = more[i][int(torch.randint(len(more[i]), (1,), generator=generator))]
-        return path
 
     def path_mix(self, path: List[int]) -> Dict[str, list]:
         """Per-unit combos of a single path: one combo per unit and no mixing weight, so only

@@ -3,8 +3,12 @@
 What is drawn depends on what each folder holds:
   search run   alpha_heatmap (argmax outlined where the alphas moved), alpha_trajectories and
                entropy (runs whose alphas moved); retrieval_scores (a genotype.yaml of
-               derive --select retrieval in the folder)
+               derive --select retrieval in the folder); answer (the check against the
+               published designs, when derive made one)
                (+ seeds_agreement and seeds_trajectories when several such runs share a space)
+  search folder of several supernets: each supernet's figures (suffix _supernetK), each one's
+               retrieval scores as the vote recorded them, seeds_agreement, and answer: every
+               supernet's own choice, the vote, and the check against the published designs
   retrain run  training (+ results and retrieval_<target> when RUN/eval/metrics.json exists)
   eval folder  (holding metrics.json) results and retrieval_<target>
   comparison   (holding results.json of run_protocol.py) distribution, agreement (+ pareto when
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 from osnas.errors import OsnasError
-from osnas.plot.readers import Comparison, Metrics, RetrainRun, SearchRun, load_metrics, load_run, run_metrics
+from osnas.rundir import PLOTS_DIR
+from osnas.plot.readers import (Comparison, Metrics, RetrainRun, SearchFolder, SearchRun, load_metrics, load_run,
+                                run_metrics)
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -65,20 +71,28 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
     from osnas.plot import search as S
     from osnas.plot.common import slug
 
+    from osnas.plot.answer import answer_figure
+
+    folders = [r for r in loaded if isinstance(r, SearchFolder)]
     search = [r for r in loaded if isinstance(r, SearchRun)]
     retrain = [r for r in loaded if isinstance(r, RetrainRun)]
     many = len(loaded) > 1
     suffix = (lambda r: f"_{r.slug}") if many else (lambda r: "")
+    for f in folders:
+        for run, scores in zip(f.runs, f.run_retrieval()):
+            run.retrieval, run.label = scores, run.path.name
+            yield from _search_figures(S, R, run, f"{suffix(f)}_{slug(run.path.name)}")
+        if f.answer is not None:
+            yield f"answer{suffix(f)}", answer_figure(f.answer, f.space, [r.path.name for r in f.runs],
+                                                      f"The search's answer — {f.label or f.path.name}")
+        else:
+            R.note(f"{f.path}: no genotype.yaml yet: osnas derive --run {f.path}, then plot again for the answer")
     for r in search:
-        yield f"alpha_heatmap{suffix(r)}", S.alpha_heatmap(r)
-        if r.alphas_moved:
-            yield f"alpha_trajectories{suffix(r)}", S.alpha_trajectories(r)
-            yield f"entropy{suffix(r)}", S.entropy(r)
-        elif r.retrieval is None:
-            R.note(f"{r.path}: its alphas never moved (search.weight_step=uniform or sparse); its answer comes from "
-                   f"osnas derive --run {r.path} (retrieval-pooled), whose scores are plotted once derived")
-        if r.retrieval is not None:
-            yield f"retrieval_scores{suffix(r)}", S.retrieval_scores(r)
+        yield from _search_figures(S, R, r, suffix(r))
+        if r.answer is not None and r.answer.get("decision"):
+            yield f"answer{suffix(r)}", answer_figure(r.answer, r.space, [r.path.name],
+                                                      f"The search's answer — {r.label or r.path.name}")
+    search = search + [run for f in folders for run in f.runs]
     groups = [g for g in S.group_by_space([r for r in search if r.alphas_moved]) if len(g) > 1]
     for g in groups:
         tag = f"_{slug(g[0].space.name)}" if len(groups) > 1 else ""
@@ -112,6 +126,19 @@ def iter_figures(loaded: list, metrics: List[Metrics]) -> Iterator[Tuple[str, "F
                     yield name, fig
 
 
+def _search_figures(S, R, r: SearchRun, tag: str):
+    """One supernet's figures: alphas (where they moved) and the retrieval scores derive recorded."""
+    yield f"alpha_heatmap{tag}", S.alpha_heatmap(r)
+    if r.alphas_moved:
+        yield f"alpha_trajectories{tag}", S.alpha_trajectories(r)
+        yield f"entropy{tag}", S.entropy(r)
+    elif r.retrieval is None:
+        R.note(f"{r.path}: its alphas never moved (search.weight_step=uniform); its answer comes from "
+               f"osnas derive --run {r.path} (retrieval-pooled), whose scores are plotted once derived")
+    if r.retrieval is not None:
+        yield f"retrieval_scores{tag}", S.retrieval_scores(r)
+
+
 def run_plot(runs: Sequence[str], out: Optional[str] = None, fmt: str = "png",
              metrics: Optional[Sequence[str]] = None) -> List[str]:
     """Draw every figure the given run folders and metrics files support; returns the written paths."""
@@ -121,7 +148,7 @@ def run_plot(runs: Sequence[str], out: Optional[str] = None, fmt: str = "png",
     if not runs and not metrics:
         raise OsnasError("osnas plot: expected at least one --run folder or --metrics file")
     loaded, files = load_inputs(runs, metrics)
-    out_dir = Path(out) if out else (Path(runs[0]) / "plots" if len(runs) == 1 else Path("plots"))
+    out_dir = Path(out) if out else (Path(runs[0]) / PLOTS_DIR if len(runs) == 1 else Path(PLOTS_DIR))
     if out_dir.exists() and not out_dir.is_dir():
         raise OsnasError(f"{out_dir}: --out must be a folder, got a file")
     from osnas.plot import common  # matplotlib only once the inputs are valid

@@ -42,6 +42,7 @@ class SearchRun:
     choices: Dict[str, str]              # position -> chosen candidate
     final_source: str = ""               # file the final probabilities came from
     retrieval: Optional["RetrievalScores"] = None  # genotype.yaml of derive --select retrieval
+    answer: Optional[dict] = None        # genotype.yaml of derive in the folder, as written
     label: str = ""                      # legend label, unique among the plotted runs
     slug: str = ""                       # file-name part, unique among the plotted runs
 
@@ -51,7 +52,7 @@ class SearchRun:
 
     @property
     def alphas_moved(self) -> bool:
-        """False for a run whose alphas never left their start (search.weight_step=uniform, sparse): its
+        """False for a run whose alphas never left their start (search.weight_step=uniform): its
         alpha figures would show nothing, its answer is in the derived genotype."""
         first = {k: v[0] for k, v in self.history.probs.items()}  # (C,) per position
         return (any(float(np.ptp(v, axis=0).max()) > 0 for v in self.history.probs.values())
@@ -64,6 +65,41 @@ class SearchRun:
 
     def genotype_key(self) -> tuple:
         return tuple(self.choices[p.name] for p in self.positions)
+
+
+@dataclass
+class SearchFolder:
+    """A search of several supernets (search.runs > 1): each supernet's run, and the answer
+    derive wrote into the folder (genotype.yaml: the vote and the check), if it has one."""
+
+    path: Path
+    meta: dict
+    runs: List[SearchRun]
+    answer: Optional[dict] = None
+    label: str = ""
+    slug: str = ""
+
+    @property
+    def space(self):
+        return self.runs[0].space
+
+    def run_retrieval(self) -> List[Optional["RetrievalScores"]]:
+        """Each supernet's own retrieval scores, as the vote recorded them (`run_scores`)."""
+        pos = (self.answer or {}).get("positions") or {}
+        out = []
+        for k in range(len(self.runs)):
+            try:
+                choices = {q.name: pos[q.name]["run_choices"][k] for q in self.space.positions}
+                rs = [pos[q.name]["run_scores"][k] for q in self.space.positions]
+            except (KeyError, IndexError, TypeError):
+                out.append(None)
+                continue
+            out.append(RetrievalScores(path=self.path / "genotype.yaml", choices=choices,
+                                       scores={q.name: {c: float(r["scores"][c]) for c in q.names}
+                                               for q, r in zip(self.space.positions, rs)},
+                                       gap_se={q.name: {c: float(r["gap_se"][c]) for c in q.names}
+                                               for q, r in zip(self.space.positions, rs)}))
+        return out
 
 
 @dataclass
@@ -115,7 +151,7 @@ class Comparison:
     slug: str = ""
 
 
-Run = Union[SearchRun, RetrainRun, EvalFolder, Comparison]
+Run = Union[SearchRun, SearchFolder, RetrainRun, EvalFolder, Comparison]
 
 
 # ----------------------------------------------------------------------------- files
@@ -155,6 +191,8 @@ def load_run(path) -> Run:
         hint = f"; it holds runs {', '.join(subs[:8])}: pass those" if subs else ""
         raise OsnasError(f"{p}: not a run folder (expected run.json with alphas.jsonl or train_log.jsonl, "
                          f"from osnas search or retrain{hint})")
+    if stage == "search" and isinstance(meta.get("supernets"), list):
+        return load_search_folder(p, meta)
     if stage == "search":
         return load_search_run(p, meta)
     if stage == "retrain":
@@ -181,8 +219,24 @@ def load_search_run(p: Path, meta: Optional[dict] = None) -> SearchRun:
     rows = read_jsonl(hp, "alpha history")
     history = _history(hp, rows, space)
     final, choices, src = _final(p, space, history)
+    g = p / "genotype.yaml"
     return SearchRun(path=p, meta=meta, space=space, history=history, final=final, choices=choices,
-                     final_source=src, retrieval=_retrieval(p / "genotype.yaml", space))
+                     final_source=src, retrieval=_retrieval(g, space),
+                     answer=_read_mapping(g, "genotype") if g.is_file() else None)
+
+
+def load_search_folder(p: Path, meta: dict) -> SearchFolder:
+    """A search folder of several supernets; each supernet must be readable (a missing one: an
+    unfinished search, named)."""
+    runs = []
+    for name in meta["supernets"]:
+        sub = p / str(name)
+        if not (sub / "alphas.jsonl").is_file():
+            raise OsnasError(f"{sub}: supernet run not found or not started (resume the search: osnas search "
+                             f"--out {p} --resume)")
+        runs.append(load_search_run(sub))
+    g = p / "genotype.yaml"
+    return SearchFolder(path=p, meta=meta, runs=runs, answer=_read_mapping(g, "genotype") if g.is_file() else None)
 
 
 def _retrieval(f: Path, space) -> Optional[RetrievalScores]:

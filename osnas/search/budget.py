@@ -7,10 +7,12 @@ position; from it:
 
 search   the expected relative cost of the alphas, E[cost] = (fixed + sum_pos sum_c p_c
          cost[pos][c]) / cost(all-BN network), differentiable in the alphas as in FBNet (Wu
-         et al., CVPR 2019) and ProxylessNAS (Cai et al., ICLR 2019). With a budget T the alpha
-         loss becomes  L_alpha * max(1, E[cost] / T) ** cost_weight  -- ProxylessNAS's
-         multiplicative latency term, switched off while the expected cost is within budget,
-         so the budget bounds the search without biasing it below the budget.
+         et al., CVPR 2019) and ProxylessNAS (Cai et al., ICLR 2019). With a budget T and
+         f = max(1, E[cost] / T) ** cost_weight the alpha loss becomes  L_alpha * f + (f - 1):
+         ProxylessNAS's multiplicative latency term, switched off while the expected cost is
+         within budget (f = 1), so the budget bounds the search without biasing it below the
+         budget; the added (f - 1) keeps the pull where L_alpha is 0 (a batch-hard triplet
+         loss is 0 on an easy batch, and a product with it would drop the budget there).
 derive   `fit_budget`: the chosen architecture never exceeds a hard budget; while it does,
          the position whose cheaper candidate loses the least preference per unit of cost
          saved is switched (a greedy knapsack repair), and the switches are recorded.
@@ -51,8 +53,26 @@ def check_budget(budget: float, where: str = "search.cost_budget") -> float:
     return budget
 
 
+def cheapest(space: SearchSpace, table) -> Tuple[List[int], float]:
+    """The cheapest architecture of `space` on `table` (candidate per position) and its relative cost."""
+    names = [p.names for p in space.positions]
+    ch = [min(range(len(n)), key=lambda j, i=i: table.latency_ms[space.positions[i].name][n[j]])
+          for i, n in enumerate(names)]
+    return ch, C.relative_cost(table, {p.name: names[i][c] for i, (p, c) in enumerate(zip(space.positions, ch))})
+
+
+def check_feasible(space: SearchSpace, table, budget: float, where: str = "search.cost_budget") -> None:
+    """A budget below the cheapest architecture of the space is a one-line error, before any work."""
+    if table is None or not budget:
+        return
+    low = cheapest(space, table)[1]
+    if low > budget + 1e-12:
+        raise OsnasError(f"{where}={budget:g} is below the cheapest architecture of space {space.name} "
+                         f"({low:.4f} on this cost table): no architecture fits it")
+
+
 def with_cost(loss_fn: Callable, model, table, budget: float, weight: float, record: Optional[list] = None):
-    """The alpha loss scaled by max(1, E[cost] / budget) ** weight (no change within budget);
+    """The alpha loss L times f, plus f - 1, f = max(1, E[cost] / budget) ** weight (no change within budget);
     `record[0]` receives the last expected relative cost (a float, for the alpha history)."""
     space = model.space
 
@@ -63,7 +83,8 @@ def with_cost(loss_fn: Callable, model, table, budget: float, weight: float, rec
         if record is not None:
             record[0] = float(expected.detach())
         if budget > 0 and weight > 0:
-            value = value * (expected / budget).clamp_min(1.0) ** weight
+            f = (expected / budget).clamp_min(1.0) ** weight
+            value = value * f + (f - 1.0)
         return value
 
     return loss
@@ -89,11 +110,7 @@ def fit_budget(space: SearchSpace, chosen: List[int], preference: Sequence[torch
     def rel(ch):
         return C.relative_cost(table, {p.name: names[i][c] for i, (p, c) in enumerate(zip(space.positions, ch))})
 
-    cheapest = [min(range(len(n)), key=lambda j, i=i: table.latency_ms[space.positions[i].name][n[j]])
-                for i, n in enumerate(names)]
-    if rel(cheapest) > budget + 1e-12:
-        raise OsnasError(f"cost budget {budget:g} is below the cheapest architecture of space {space.name} "
-                         f"({rel(cheapest):.4f} on this cost table)")
+    check_feasible(space, table, budget, "cost budget")
     switches: List[dict] = []
     while rel(chosen) > budget + 1e-12:
         best: Optional[tuple] = None
