@@ -28,8 +28,19 @@ CMAP = "BrBG"  # diverging, no red: the suggestion's outline (CHOSEN_COLOR) stay
 NOT_HELD = "†"  # marks a site that no position of the space can hold (measured, never suggested)
 
 
+def in_network_order(analysis: dict) -> dict:
+    """The analysis with its sites in network order (stem first, conv5 last), whatever order the
+    dict arrives in (a JSON file written with sorted keys holds them alphabetically)."""
+    from osnas.models.osnet import norm_sites
+
+    order = {s: i for i, s in enumerate(norm_sites())}
+    sites = dict(sorted(analysis["sites"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return {**analysis, "sites": sites}
+
+
 def stage_groups(analysis: dict) -> List[Tuple[str, int, int]]:
     """(stage, first column, last column) of the sites in network order."""
+    analysis = in_network_order(analysis)
     groups: List[Tuple[str, int, int]] = []
     for j, r in enumerate(analysis["sites"].values()):
         if groups and groups[-1][0] == r["stage"]:
@@ -75,6 +86,7 @@ def _mark_ticks(ax, analysis: dict) -> None:
 
 def site_gap(analysis: dict) -> Figure:
     """Heat-map sites x {domain share, identity share, probe over chance, score}, in [-1, 1]."""
+    analysis = in_network_order(analysis)
     sites = analysis["sites"]
     names = list(sites)
     mat = np.array([[sites[s][k] for s in names] for k, _ in ROWS])  # (4, S)
@@ -109,6 +121,7 @@ def site_gap(analysis: dict) -> Figure:
 
 def site_gap_bars(analysis: dict) -> Figure:
     """Bars of the score per site (network order), the suggestion highlighted, the threshold dashed."""
+    analysis = in_network_order(analysis)
     sites = analysis["sites"]
     names = list(sites)
     scores = np.array([sites[s]["score"] for s in names])
