@@ -93,11 +93,12 @@ def main(argv=None) -> int:
     path = Path(a.results)
     results = json.loads(path.read_text()) if path.is_file() else {"families": {}}
     pool = jobs.Pool(a.workers)
+    commit = provenance.commit(HERE)  # the code that runs, as it stands when the run starts
     for name in names:
         t0 = time.time()
         fam = run_one(pool, name, a)
         args = ["python", "experiments/preregistered/run.py"] + list(argv if argv is not None else sys.argv[1:])
-        fam.update(command=provenance.command(args, a.out, a.data_root), commit=provenance.commit(HERE),
+        fam.update(command=provenance.command(args, a.out, a.data_root), commit=commit,
                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
                    minutes=round((time.time() - t0) / 60, 1), environment=environment(), quick=a.quick)
         results["families"][name] = fam

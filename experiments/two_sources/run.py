@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from osnas.utils import environment
 
     args = ["python", "experiments/two_sources/run.py"] + list(argv if argv is not None else sys.argv[1:])
-    out = {"command": provenance.command(args, a.out, a.data_root), "commit": provenance.commit(HERE),
+    out = {"command": provenance.command(args, a.out, a.data_root), "commit": provenance.commit(HERE),  # at the start
            "started": time.strftime("%Y-%m-%d %H:%M"), "environment": environment(), "configs": {}}
     for name, cfg in CONFIGS.items():
         d = load_yaml(cfg)["data"]
