@@ -73,7 +73,7 @@ class SearchConfig:
     tau_factor: float = 0.5
     tau_min: float = 1.0
     order: str = "first"  # first | second (bilevel) | single (single-level, the reference)
-    # auto: unseen with >= 3 sources, identities with 1-2 | unseen (one source never trained on) |
+    # auto: unseen with >= 2 sources, identities with 1 | unseen (one source never trained on) |
     # identities (kept-out people of every source) | lodo (leave-one-domain-out) | heldout (held-out images)
     objective: str = "auto"
     unseen_domain: str = ""  # objective=unseen: the source kept out ("" = supernet k keeps out the k-th from the last)

@@ -117,8 +117,8 @@ def test_the_kept_out_people_follow_the_fraction_and_the_seed():
         split_identities(items, 1.0)
 
 
-def test_auto_is_unseen_with_three_sources_and_identities_with_fewer():
-    assert [resolve_objective("auto", n) for n in (1, 2, 3, 5)] == ["identities", "identities", "unseen", "unseen"]
+def test_auto_is_unseen_with_two_or_more_sources_and_identities_with_one():
+    assert [resolve_objective("auto", n) for n in (1, 2, 3, 5)] == ["identities", "unseen", "unseen", "unseen"]
     assert _batches("auto").objective == "unseen"
     assert resolve_objective("lodo", 2) == "lodo" and resolve_objective("heldout", 1) == "heldout"
     assert resolve_objective("unseen", 2) == "unseen"  # allowed when asked for: each supernet learns one source
@@ -194,30 +194,31 @@ def test_unseen_objective_needs_a_metric_loss(synth_root, tmp_path, capsys):
 
 
 def test_unseen_with_two_sources_says_so_and_takes_the_sources_in_turn(synth_root, tmp_path, capsys):
-    """objective=unseen with two sources trains each supernet on one source and judges it on the
-    other: one note when the search starts, and the two sources kept out in turn."""
+    """objective=unseen with two sources (auto's choice) trains each supernet on one source and
+    judges it on the other: one note when the search starts, and the two sources kept out in turn."""
     import json
 
     from osnas.cli import main
 
     out = tmp_path / "x"
     assert main(["search", "--data-root", str(synth_root), "--sources", "synth0,synth1", "--out", str(out),
-                 *[x for s in SEARCH + ["search.objective=unseen", "search.runs=2"] for x in ("--set", s)]]) == 0
+                 *[x for s in SEARCH + ["search.runs=2"] for x in ("--set", s)]]) == 0
     notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
     assert len(notes) == 1 and "trains each supernet on one source" in notes[0]
     kept = [json.loads((out / f"supernet{k}" / "run.json").read_text())["unseen_domain"] for k in (1, 2)]
     assert kept == ["synth1", "synth0"]
 
 
-def test_two_sources_search_on_kept_out_identities_by_default(tmp_path):
-    """auto with two sources is `identities`: the search runs through the loop, its alpha steps
+def test_two_sources_search_on_kept_out_identities(tmp_path):
+    """objective=identities with two sources: the search runs through the loop, its alpha steps
     judged on people of both sources that the weights never saw."""
     rng = np.random.default_rng(0)
     for d in range(2):  # 8 identities each: 4 kept out (val_fraction 0.5), 4 to train on
         write_market(tmp_path / f"d{d}", random_ids(rng, 8, 4, 32, 16))
     sources = f"custom:{tmp_path / 'd0'},custom:{tmp_path / 'd1'}"
     run = run_search(sources=sources, out=str(tmp_path / "r"),
-                     overrides=SEARCH + ["data.height=32", "data.width=16", "search.val_fraction=0.5"])
+                     overrides=SEARCH + ["data.height=32", "data.width=16", "search.val_fraction=0.5",
+                                         "search.objective=identities"])
     info = json.loads((run / "run.json").read_text())
     assert info["objective"] == "identities" and info["unseen_domain"] is None
     rows = read_history(run)

@@ -76,7 +76,10 @@ def test_the_supernets_settings():
     fixed = supernet_configs(build_config(overrides=["search.runs=2", "search.unseen_domain=a",
                                                      "data.sources=[a,b,c]"]))
     assert [c.search.unseen_domain for c in fixed] == ["a", "a"]
-    for other in (["search.objective=lodo", "data.sources=[a,b,c]"], ["data.sources=[a,b]"]):  # lodo; identities
+    two = supernet_configs(build_config(overrides=["search.runs=3", "data.sources=[a,b]"]))  # auto: unseen
+    assert [c.search.unseen_domain for c in two] == ["b", "a", "b"]
+    for other in (["search.objective=lodo", "data.sources=[a,b,c]"], ["search.objective=identities",
+                                                                      "data.sources=[a,b]"]):
         assert [c.search.unseen_domain for c in supernet_configs(build_config(overrides=["search.runs=2"] + other))] \
             == ["", ""]
 

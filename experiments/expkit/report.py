@@ -88,6 +88,11 @@ def diff(r: dict) -> str:
 
 
 def in_sites(fam: dict, key: str) -> str:
+    """An architecture's IN sites, or the published design it is."""
+    pid = fam["genotypes"][key]["plan_id"]
+    design = next((d for d in PUBLISHED if d in fam["genotypes"] and fam["genotypes"][d]["plan_id"] == pid), None)
+    if design:
+        return design
     s = fam["genotypes"][key]["in_sites"]
     return ", ".join(s) if s else "none (plain OSNet)"
 

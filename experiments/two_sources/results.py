@@ -90,8 +90,11 @@ def render(data: dict) -> str:
     for name, fam in data["configs"].items():
         lines += family_lines(name, fam)
     lines += ["Scores are held-out mAP (%) averaged over the configuration's targets; an option's score per retrain "
-              "seed is the mean over its answers. `identities` answers are the check's recommendation "
-              "(osnas derive's default); `lodo` answers are the argmax vote.", ""]
+              "seed is the mean over its answers. `identities` and `unseen` answers are the check's "
+              "recommendation (osnas derive's default: a published design where the search's own answer does not beat "
+              "the best of them beyond the noise); `lodo` answers are the argmax vote (no kept-out data to check on). "
+              "Round 1 ran first (its searches from 2026-12-07 17:54, its derives again from 18:23 after derive's check "
+              "was settled); the run above added round 2 and reused round 1's cached jobs.", ""]
     return "\n".join(lines)
 
 

@@ -52,7 +52,6 @@ after this selection, on the same scorer (moves.py, decide.py).
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 

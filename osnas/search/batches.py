@@ -14,8 +14,12 @@
              whole): the weight step trains on the rest of every source, the alpha step is
              judged on the kept-out identities of one source per step in turn. Every source
              trains the weights, and the alphas still see only people the weights never saw.
-    auto     (the default) unseen with three or more sources, identities with one or two:
-             with two, `unseen` would leave the weights a single domain (`resolve_objective`).
+    auto     (the default) unseen with two or more sources (each supernet of a search keeps
+             another source out, osnas/search/supernets.py; with two, each supernet's weights
+             learn one source and are judged on the other), identities with one
+             (`resolve_objective`). Two sources were measured: identities judges people the
+             weights never saw but from domains they trained on, and answered worse on held-out
+             domains than unseen, which judges on another domain (experiments/two_sources/).
 
 Batches are lists of (image index, augmentation seed) keys drawn from endless per-domain
 PK streams whose positions are checkpointed, so a resumed search sees the same pixels.
@@ -34,14 +38,14 @@ ROTATING = ("lodo", "identities")  # the alpha batch comes from one source per s
 
 
 def resolve_objective(objective: str, num_sources: int) -> str:
-    """The objective a search runs with: `auto` is `unseen` with three or more sources and
-    `identities` with fewer; an explicit choice that cannot work with this many sources is a
+    """The objective a search runs with: `auto` is `unseen` with two or more sources and
+    `identities` with one; an explicit choice that cannot work with this many sources is a
     one-line error. (`unseen` with two sources trains each supernet's weights on one source and
     judges it on the other; osnas search says so when it starts.)"""
     if objective not in OBJECTIVES:
         raise OsnasError(f"search.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if objective == "auto":
-        return "unseen" if num_sources >= 3 else "identities"
+        return "unseen" if num_sources >= 2 else "identities"
     if objective in ("lodo", "unseen") and num_sources < 2:
         raise OsnasError(f"search.objective={objective} needs at least 2 source domains, got {num_sources}; "
                          "add sources or leave search.objective at auto")
