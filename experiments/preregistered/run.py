@@ -91,7 +91,6 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown family {bad[0]!r}; expected {', '.join(NEW + OLD)}")
     path = Path(a.results)
-    results = json.loads(path.read_text()) if path.is_file() else {"families": {}}
     pool = jobs.Pool(a.workers)
     commit = provenance.commit(HERE)  # the code that runs, as it stands when the run starts
     for name in names:
@@ -101,6 +100,7 @@ def main(argv=None) -> int:
         fam.update(command=provenance.command(args, a.out, a.data_root), commit=commit,
                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
                    minutes=round((time.time() - t0) / 60, 1), environment=environment(), quick=a.quick)
+        results = json.loads(path.read_text()) if path.is_file() else {"families": {}}  # as it is now on disk
         results["families"][name] = fam
         path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")  # after every family
         print(f"{name}: {fam['minutes']} min -> {path}", file=sys.stderr)
