@@ -132,13 +132,19 @@ def _best(keys: Sequence[tuple]) -> int:
 
 def run_config(run: SearchRun, needed_for: str = ""):
     """The run's config.yaml as a Config; missing: an OsnasError saying what needs it, or the
-    defaults when nothing does (`needed_for` empty)."""
+    defaults when nothing does (`needed_for` empty). A config that says `search.objective: auto`
+    gets the objective the run resolved it to (its run.json), so a run reads the same data
+    whatever `auto` means in a later version."""
     from osnas.config import build_config
     from osnas.utils import load_yaml
 
     cfg_path = run.path / CONFIG
     if cfg_path.is_file():
-        return build_config(base=load_yaml(cfg_path, "run config"))
+        cfg = build_config(base=load_yaml(cfg_path, "run config"))
+        info = read_json(run.path / RUN_JSON, "run description") if (run.path / RUN_JSON).is_file() else {}
+        if cfg.search.objective == "auto" and isinstance(info, dict) and info.get("objective"):
+            cfg.search.objective = str(info["objective"])
+        return cfg
     if needed_for:
         raise OsnasError(f"{cfg_path}: the run's config is missing ({needed_for})")
     return build_config()

@@ -29,7 +29,7 @@ from osnas.rundir import CHECKPOINT, FINAL_ALPHAS, RUN_JSON, SUPERNET_DIR, SUPER
 from osnas.search.batches import resolve_objective
 from osnas.search.bilevel import search, validate_search_config
 from osnas.session import resolve_run_config
-from osnas.utils import environment, log, write_json
+from osnas.utils import environment, log, read_json, write_json
 
 
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
@@ -46,6 +46,12 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
     else:
         run_dir = Path(out)
     check_before_writing(cfg, pretrained, resume)
+    # the run folder records what `auto` resolved to, so the run means the same in a later version
+    # (a resumed run whose config still says auto continues with what it resolved to then)
+    started_as = read_json(run_dir / RUN_JSON, "run description").get("objective") \
+        if resume and cfg.search.objective == "auto" and (run_dir / RUN_JSON).is_file() else None
+    cfg.search.objective = started_as or resolve_objective(cfg.search.objective,
+                                                           len(cfg.data.sources) or len(DEFAULT_SYNTH_SOURCES))
     with dist.session(cfg.run.device) as ctx:
         one = not supernet_dirs(run_dir) and (cfg.search.runs == 1 or (resume and (run_dir / CHECKPOINT).is_file()))
         if one:  # a single supernet: the run folder is its own
