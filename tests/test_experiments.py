@@ -25,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
 STUDIES = sorted({p.parent for p in [*EXP.glob("*/results.py"), *EXP.glob("*/*/results.py")]})
 CONFIGS = sorted(EXP.rglob("*.yaml"))
-# the folders whose committed evidence this suite checks for outside paths (two_sources/ and
-# preregistered/ record their own commands)
+# the folders whose committed evidence this suite checks for outside paths
 OWNED = [EXP / "synthetic", *(EXP / d for d in ("market_to_duke", "duke_to_market", "msmt_to_market_duke",
                                                  "multisource_loo", "search_osnas", "search_reference",
-                                                 "dg_protocol"))]
+                                                 "dg_protocol", "two_sources", "preregistered"))]
 
 
 def _rel(p: Path) -> str:

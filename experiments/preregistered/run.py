@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
                    minutes=round((time.time() - t0) / 60, 1), environment=environment(), quick=a.quick)
         results = json.loads(path.read_text()) if path.is_file() else {"families": {}}  # as it is now on disk
-        results["families"][name] = fam
+        results["families"][name] = provenance.scrub(fam, a.out, a.data_root, HERE.parents[1])
         path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")  # after every family
         print(f"{name}: {fam['minutes']} min -> {path}", file=sys.stderr)
     pool.close()

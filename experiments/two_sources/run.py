@@ -55,6 +55,7 @@ def main(argv=None) -> int:
             ANSWERS[:1] if a.quick else ANSWERS, METHODS, pick=False, analyze=False, overrides=QUICK if a.quick else ())
     pool.close()
     out["minutes"] = round((time.time() - t0) / 60, 1)
+    out = provenance.scrub(out, a.out, a.data_root, HERE.parents[1])  # no path outside the repository
     Path(a.results).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {a.results} ({out['minutes']} min)", file=sys.stderr)
     return 0
