@@ -196,7 +196,9 @@ def test_derive_writes_the_published_design_and_the_searched_answer_beside_it(ru
     assert own.positions["conv3.0"]["choice"] == "in_res" and own.in_sites() == ["conv3.0.end"]
     assert own.decision["verdict"] == "searched (not recommended)"
     err = capsys.readouterr().err
-    assert err.startswith("the search's answer from ")
+    progress, summary = err.split("the search's answer from ", 1)  # progress lines first, then the summary
+    assert progress.startswith("osnas derive: run 1/1 read by retrieval-pooled (")
+    assert "osnas derive: checked against osnet, osnet_ibn, osnet_ain (" in progress
     assert "the search's answer has IN at: conv3.0.end" in err
     assert "recommended: osnet (a published design): the searched answer does not beat osnet" in err
     assert f"the search's own answer: {tmp_path / 'g.searched.yaml'}" in err

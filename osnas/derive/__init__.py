@@ -32,6 +32,7 @@ the share of the runs whose own choice it is), `runs`, each selection's scores, 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Sequence
@@ -78,15 +79,27 @@ def derive(run, cfg: DeriveConfig | None = None) -> Genotype:
     scorers = [SubnetScorer(r, cfg.batches_for(m), cfg.data_root, cfg.device, GALLERIES[m],
                             half=0 if GALLERIES[m] == "pooled" else None)
                if m in RETRIEVAL else None for r, m in zip(runs, cfg.methods)]
-    alone = [_read_one(r, m, sc, cfg) for r, m, sc in zip(runs, cfg.methods, scorers)]
+    alone = []
+    for k, (r, m, sc) in enumerate(zip(runs, cfg.methods, scorers), 1):
+        t0 = time.time()
+        alone.append(_read_one(r, m, sc, cfg))
+        if m != "argmax":  # the selections that score the supernet take minutes at full size
+            _say(f"run {k}/{len(runs)} read by {m} ({time.time() - t0:.0f} s)")
     g = alone[0] if len(runs) == 1 else select_vote(runs, alone)
     if cfg.against:  # every method is a retrieval selection (resolve): the people the choice never saw
+        t0 = time.time()
         fresh = [SubnetScorer(r, cfg.batches_for(m), cfg.data_root, cfg.device, "pooled", half=1)
                  for r, m in zip(runs, cfg.methods)]
         own = [[a.positions[p.name]["choice"] for p in space.positions] for a in alone]
         g = check_published(g, space, [f.per_batch for f in fresh], cfg.against, cfg.gate, own)
+        _say(f"checked against {', '.join(cfg.against)} ({time.time() - t0:.0f} s)")
     g = apply_budget(g, runs, cfg.cost_table, cfg.cost_budget, cfg.measure)
     return replace(g, derive=cfg.record())
+
+
+def _say(line: str) -> None:
+    """A progress line of derive on stderr (scoring a supernet takes minutes at full size)."""
+    print(f"osnas derive: {line}", file=sys.stderr, flush=True)
 
 
 def _search_settings(run: SearchRun) -> tuple:

@@ -78,11 +78,12 @@ def check_before_writing(cfg: Config, pretrained: Optional[str], resume: bool = 
     if pretrained and not Path(pretrained).is_file():
         raise OsnasError(f"{pretrained}: pretrained weights not found (a torchreid OSNet ImageNet checkpoint)")
     sources = list(d.sources) or list(DEFAULT_SYNTH_SOURCES)
+    if not resume:
+        search_batches(cfg, cfg.run.seed)  # reads the sources' file lists (synthetic ones are generated once here)
+    # the note comes after every check, so a refused command prints its one error line only
     if len(sources) == 2 and resolve_objective(s.objective, 2) == "unseen" and os.environ.get("RANK", "0") == "0":
         print("osnas search: note: search.objective=unseen with two sources trains each supernet on one source and "
               "judges it on the other (the two take the unseen role in turn)", file=sys.stderr, flush=True)
-    if not resume:
-        search_batches(cfg, cfg.run.seed)  # reads the sources' file lists (synthetic ones are generated once here)
 
 
 def supernet_configs(cfg: Config) -> List[Config]:
