@@ -56,10 +56,10 @@ def main(argv=None) -> int:
     genotype = str(work / "search" / "genotype.yaml")
     retrain = timed(["retrain", "--genotype", genotype, "--sources", a.sources, "--data-root", root,
                      "--out", str(work / "retrain"), *sets], env)
-    from osnas.config import Config
+    from osnas.config import build_config
     from osnas.models.genotype import load_genotype
 
-    c = Config()
+    c = build_config(overrides=BUDGET + a.overrides)  # the schedules the commands ran with
     train_log = [json.loads(x) for x in (work / "retrain" / "train_log.jsonl").read_text().splitlines() if x]
     out = {"search_s": round(search, 1), "derive_s": round(derive, 1), "retrain_s": round(retrain, 1),
            "ratio": round((search + derive) / retrain, 3), "answer": load_genotype(genotype).in_sites(),

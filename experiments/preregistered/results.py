@@ -60,8 +60,21 @@ def cost_line(fam: dict) -> str:
         return ""
     one = sum(rt) / len(rt)
     m = sum(per) / len(per)
-    return (f"Cost: search + derive {m / 60:.1f} min per answer against {one / 60:.1f} min per retrain (one thread "
-            f"each): {m / one:.2f}x one retrain; the pick costs 3 retrains (3.00x).")
+    return (f"Cost at this test-bed's schedules: search + derive {m / 60:.1f} min per answer against "
+            f"{one / 60:.1f} min per retrain (one thread each, two jobs at a time): {m / one:.2f}x one retrain; "
+            f"the pick costs 3 retrains (3.00x).")
+
+
+def best_measured(fam: dict, j: dict) -> list:
+    """Where the family has designs beyond the published ones (tex's block-IN designs), how far
+    the default is from the best architecture measured there: what a search could have found."""
+    extra = [d for d in fam["genotypes"] if "/" not in d and d not in report.CONSTANTS]
+    if not extra:
+        return []
+    best = max(extra, key=lambda d: stats.mean_sd(list(report.per_seed(fam, d).values()))[0])
+    r = report.compare(j["default"], report.per_seed(fam, best))
+    return [f"The best architecture measured on this family is {best}, not a published design; the default "
+            f"minus {best}: {report.diff(r)}.", ""]
 
 
 def family_lines(name: str, fam: dict) -> list:
@@ -74,7 +87,9 @@ def family_lines(name: str, fam: dict) -> list:
     if "osnet" in chk:
         head.append(f"Plain OSNet: {100 * chk['osnet']:.1f} mAP.")
     if "methods" not in fam:
-        return head + ["No search, pick or analyze was run (PLAN.md).", ""]
+        why = ("the protocol after the check was not run (`run.py --check-only`)" if fam.get("check_only")
+               else "a family that fails its check gets none (PLAN.md)")
+        return head + [f"No search, pick or analyze was run: {why}.", ""]
     j = judge(fam)
     lines = head + ["", f"Noise floor {100 * j['floor']:.1f} mAP (pooled std over seeds of the constant designs); "
                         f"the best published design on the targets is {j['best']}.", ""]
@@ -82,6 +97,7 @@ def family_lines(name: str, fam: dict) -> list:
     rows += [["pick (b)", report.ms(j["base"]["pick"])], ["analyze (c)", report.ms(j["base"]["analyze"])],
              ["**default**", report.ms(j["default"])], ["the search's own answer", report.ms(j["own"])]]
     lines += report.table(rows, ["architecture", f"held-out mAP, mean ± std over {len(fam['seeds'])} seeds"]) + [""]
+    lines += best_measured(fam, j)
     rows = [[b, report.diff(j["vs"][b]), "yes" if j["holm"][b] else "no"] for b in BASELINES]
     lines += report.table(rows, ["default minus", "paired over seeds (p)", "beyond chance after Holm (6 tests)"])
     lines += ["", "Answers (search seed 100 x answer):", ""]
@@ -147,9 +163,12 @@ def render(data: dict) -> str:
              "[PLAN.md](PLAN.md).", ""]
     for name in [n for n in NEW + OLD if n in fams]:
         f, env = fams[name], fams[name]["environment"]
-        lines.append(f"- `{name}`: `{f['command']}`, started {f['started']}, {f['minutes']} min on {env['cpu']} "
+        took = (f"first job {f['first_job']}, {f['span_minutes']} min from the first job to the last (the last "
+                f"stretch {f['minutes']} min)") if "span_minutes" in f else f"started {f['started']}, {f['minutes']} min"
+        lines.append(f"- `{name}`: `{f['command']}` at commit {f['commit']}, {took} on {env['cpu']} "
                      f"({env['threads']} threads, torch {env['torch']}, osnas {env['osnas']})"
-                     + (" — QUICK RUN, not evidence" if f.get("quick") else ""))
+                     + (" — QUICK RUN, not evidence" if f.get("quick") else "")
+                     + (" — validity check only" if f.get("check_only") else ""))
     lines += ["", "## Verdicts", ""] + verdicts(fams)
     for name in [n for n in NEW + OLD if n in fams]:
         lines += family_lines(name, fams[name])

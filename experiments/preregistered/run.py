@@ -68,11 +68,19 @@ def run_one(pool, name: str, a) -> dict:
     out = Path(a.out) / name
     check = validity(name, protocol.run_designs(pool, cfg, a.data_root, out, seeds, extra, over))
     print(f"{name}: validity check {'passed' if check['pass'] else 'FAILED'} ({check['rule']})", file=sys.stderr)
-    if not check["pass"] and not a.quick:
-        return {"check": check}
+    if (not check["pass"] and not a.quick) or a.check_only:
+        return {"check": check, "check_only": bool(a.check_only and check["pass"])}
     fam = protocol.run_family(pool, cfg, a.data_root, out, seeds, answers, METHODS, overrides=over,
                               extra_designs=extra)
     return {"check": check, **fam}
+
+
+def job_span(folder: Path, t0: float) -> tuple:
+    """When the family's first job started and its last one ended: the oldest and the newest file
+    in its cached folder. A run that was stopped and resumed says `minutes` for its last stretch
+    only; `span_minutes` is the whole, any interruption included."""
+    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] or [t0, time.time()]
+    return min(times), max(times)
 
 
 def main(argv=None) -> int:
@@ -83,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(HERE / "results.json"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny schedules, 2 seeds, 1 answer: checks the machinery")
+    ap.add_argument("--check-only", action="store_true",
+                    help="the families' validity checks only (the constant designs), no search, pick or analyze")
     a = ap.parse_args(argv)
     from osnas.utils import environment
 
@@ -97,9 +107,12 @@ def main(argv=None) -> int:
         t0 = time.time()
         fam = run_one(pool, name, a)
         args = ["python", "experiments/preregistered/run.py"] + list(argv if argv is not None else sys.argv[1:])
+        first, last = job_span(Path(a.out) / name, t0)
         fam.update(command=provenance.command(args, a.out, a.data_root), commit=commit,
                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
-                   minutes=round((time.time() - t0) / 60, 1), environment=environment(), quick=a.quick)
+                   minutes=round((time.time() - t0) / 60, 1), environment=environment(), quick=a.quick,
+                   first_job=time.strftime("%Y-%m-%d %H:%M", time.localtime(first)),
+                   span_minutes=round((last - first) / 60, 1))
         results = json.loads(path.read_text()) if path.is_file() else {"families": {}}  # as it is now on disk
         results["families"][name] = provenance.scrub(fam, a.out, a.data_root, HERE.parents[1])
         path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")  # after every family
