@@ -10,6 +10,10 @@ sources. What both share is the budget a user shrinks a run with: the width, the
 and the batch (`--set` below). The data are the built-in synthetic domains unless --sources
 names others. Wall times, in seconds, and the ratio go to stdout and --json.
 
+To shorten the bench, shrink both schedules by the same factor (`--set search.epochs=10 --set
+search.warmup_epochs=1 --set train.epochs=30` is half of each): derive's cost does not shrink
+with them, so the ratio measured so is an upper bound on the ratio at the full schedules.
+
     python experiments/benchmarks/bench_answer.py [--sources synth0,synth1,synth2] [--threads 2] [--json F]
 """
 
