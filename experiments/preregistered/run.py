@@ -69,7 +69,8 @@ def run_one(pool, name: str, a) -> dict:
     check = validity(name, protocol.run_designs(pool, cfg, a.data_root, out, seeds, extra, over))
     print(f"{name}: validity check {'passed' if check['pass'] else 'FAILED'} ({check['rule']})", file=sys.stderr)
     if (not check["pass"] and not a.quick) or a.check_only:
-        return {"check": check, "check_only": bool(a.check_only and check["pass"])}
+        return {"check": check, "check_only": bool(a.check_only and check["pass"]), "sources": d["sources"],
+                "targets": d["targets"]}
     fam = protocol.run_family(pool, cfg, a.data_root, out, seeds, answers, METHODS, overrides=over,
                               extra_designs=extra)
     return {"check": check, **fam}
