@@ -58,3 +58,18 @@ def supernet_dirs(run_dir) -> list:
         return []
     names = info.get(SUPERNETS_KEY) if isinstance(info, dict) else None
     return [Path(run_dir) / n for n in names] if isinstance(names, list) else []
+
+
+def recorded_objective(run_dir):
+    """The objective a search run resolved `search.objective=auto` to, as its run.json records it,
+    or None where it records none; a run.json that cannot be read is a one-line OsnasError.
+    (A run means the same whatever `auto` means in a later version.)"""
+    from pathlib import Path
+
+    from osnas.utils import read_json
+
+    p = Path(run_dir) / RUN_JSON
+    if not p.is_file():
+        return None
+    info = read_json(p, "run description")
+    return str(info["objective"]) if isinstance(info, dict) and info.get("objective") else None

@@ -103,8 +103,8 @@ def _say(line: str) -> None:
 
 
 def _search_settings(run: SearchRun) -> tuple:
-    """(weight_step, objective) of a run's search, the objective as it ran (run.json), where the
-    run's config says `auto`."""
+    """(weight_step, objective) of a run's search. run_config gives the objective the run recorded
+    where its config says `auto`; a run that recorded none gets `auto` as it resolves today."""
     from osnas.search.batches import resolve_objective
 
     s = run_config(run).search

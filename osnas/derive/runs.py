@@ -17,7 +17,7 @@ from osnas.errors import OsnasError, first_line
 from osnas.models import relax
 from osnas.models.genotype import Genotype, genotype_from_probs
 from osnas.models.space import SearchSpace, load_space
-from osnas.rundir import CHECKPOINT, CONFIG, RUN_JSON, SPACE, supernet_dirs
+from osnas.rundir import CHECKPOINT, CONFIG, RUN_JSON, SPACE, recorded_objective, supernet_dirs
 from osnas.utils import load_checkpoint, read_json
 
 
@@ -141,9 +141,9 @@ def run_config(run: SearchRun, needed_for: str = ""):
     cfg_path = run.path / CONFIG
     if cfg_path.is_file():
         cfg = build_config(base=load_yaml(cfg_path, "run config"))
-        info = read_json(run.path / RUN_JSON, "run description") if (run.path / RUN_JSON).is_file() else {}
-        if cfg.search.objective == "auto" and isinstance(info, dict) and info.get("objective"):
-            cfg.search.objective = str(info["objective"])
+        recorded = recorded_objective(run.path) if cfg.search.objective == "auto" else None
+        if recorded:
+            cfg.search.objective = recorded
         return cfg
     if needed_for:
         raise OsnasError(f"{cfg_path}: the run's config is missing ({needed_for})")

@@ -39,8 +39,8 @@ def in_network_order(analysis: dict) -> dict:
 
 
 def stage_groups(analysis: dict) -> List[Tuple[str, int, int]]:
-    """(stage, first column, last column) of the sites in network order."""
-    analysis = in_network_order(analysis)
+    """(stage, first column, last column) of the sites, which come in network order (the figures
+    below put them so, `in_network_order`, before they draw anything)."""
     groups: List[Tuple[str, int, int]] = []
     for j, r in enumerate(analysis["sites"].values()):
         if groups and groups[-1][0] == r["stage"]:

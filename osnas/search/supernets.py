@@ -25,11 +25,12 @@ from osnas import distributed as dist
 from osnas.config import Config, save_config
 from osnas.data import DEFAULT_SYNTH_SOURCES
 from osnas.errors import OsnasError
-from osnas.rundir import CHECKPOINT, FINAL_ALPHAS, RUN_JSON, SUPERNET_DIR, SUPERNETS_KEY, supernet_dirs
+from osnas.rundir import (CHECKPOINT, FINAL_ALPHAS, RUN_JSON, SUPERNET_DIR, SUPERNETS_KEY, recorded_objective,
+                          supernet_dirs)
 from osnas.search.batches import resolve_objective
 from osnas.search.bilevel import search, validate_search_config
 from osnas.session import resolve_run_config
-from osnas.utils import environment, log, read_json, write_json
+from osnas.utils import environment, log, write_json
 
 
 def run_search(sources=None, data_root=None, space=None, config_file=None, overrides=None, out=None,
@@ -48,8 +49,7 @@ def run_search(sources=None, data_root=None, space=None, config_file=None, overr
     check_before_writing(cfg, pretrained, resume)
     # the run folder records what `auto` resolved to, so the run means the same in a later version
     # (a resumed run whose config still says auto continues with what it resolved to then)
-    started_as = read_json(run_dir / RUN_JSON, "run description").get("objective") \
-        if resume and cfg.search.objective == "auto" and (run_dir / RUN_JSON).is_file() else None
+    started_as = recorded_objective(run_dir) if resume and cfg.search.objective == "auto" else None
     cfg.search.objective = started_as or resolve_objective(cfg.search.objective,
                                                            len(cfg.data.sources) or len(DEFAULT_SYNTH_SOURCES))
     with dist.session(cfg.run.device) as ctx:
