@@ -81,6 +81,9 @@ def family_lines(name: str, fam: dict) -> list:
     chk = fam["check"]
     head = [f"## `{name}` ({', '.join(fam.get('sources', []))} -> {', '.join(fam.get('targets', []))})", "",
             f"Validity check ({chk['rule']}): **{'passed' if chk['pass'] else 'failed'}**."]
+    if name in OLD:
+        head.append("An old family: used to develop the method, so its figures are no test of it (PLAN.md); "
+                    "run under the same protocol and reported apart.")
     if "block_minus_stem" in chk:
         head.append("Block designs minus the stem alone, paired: " + "; ".join(
             f"{b} {report.diff(r)}" for b, r in chk["block_minus_stem"].items()) + ".")
@@ -120,7 +123,8 @@ def verdicts(fams: dict) -> list:
     for name in [n for n in NEW + OLD if n in fams and "methods" in fams[n]]:
         j = judge(fams[name])
         mark = {True: "met", False: "**not met**"}
-        rows.append([name, f"{report.diff(j['vs_best'])} vs {j['best']}; floor {100 * j['floor']:.1f}",
+        label = f"{name} (old: used in development)" if name in OLD else name
+        rows.append([label, f"{report.diff(j['vs_best'])} vs {j['best']}; floor {100 * j['floor']:.1f}",
                      mark[j["T1"]], mark[j["T2"]], mark[j["T3"]],
                      f"{j['agreement']['identical']}/{j['agreement']['answers']}: {mark[j['T4']]}"])
     out = report.table(rows, ["family", "default minus best published (paired)", "T1 not below by > floor",
