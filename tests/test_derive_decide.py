@@ -157,9 +157,12 @@ class _Halves:
     check = None  # set by the `halves` fixture
     made: list = []
 
-    def __init__(self, run, batches=4, data_root=None, device="auto", gallery="batch", half=None):
-        self.space, self.gallery, self.half = run.space, gallery, half
+    def __init__(self, run, batches=4, data_root=None, device="auto", gallery="batch", half=None, loaded=None):
+        self.space, self.gallery, self.half, self.loaded = run.space, gallery, half, None
         self.made.append((gallery, half, batches))
+
+    def release(self):
+        pass
 
     def per_batch(self, path):
         if self.half == 1:

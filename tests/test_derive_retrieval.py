@@ -20,7 +20,8 @@ from osnas.models import build_model
 from osnas.models.genotype import load_genotype
 from osnas.search import run_search
 from osnas.derive.retrieval import (SubnetScorer, batch_retrieval_map, coordinate_ascent, describe, identity_aps,
-                                   pick, query_aps, recalibrated_bn)
+                                   pick, query_aps)
+from osnas.derive.prefix import recalibrated_bn
 
 # one supernet per run folder, in the space whose candidate names these tests use
 SEARCH = TINY + ["search.epochs=3", "search.steps_per_epoch=2", "search.warmup_epochs=1", "search.runs=1",
@@ -262,6 +263,9 @@ class _Preferring:
         self.gallery, self.half = gallery, half
         self.evaluations = 0
 
+    def release(self):  # derive frees a scorer's kept activations after use
+        pass
+
     def per_batch(self, path):
         s = -sum(p != q for p, q in zip(path, self.want))
         return [s + 0.01 * k for k in range(6)]
@@ -403,6 +407,9 @@ def test_the_gate_is_the_derives_threshold_and_is_recorded(runs, tmp_path, monke
     class Fake:
         def __init__(self, run, batches, data_root, device, gallery="batch", half=None):
             self.evaluations, self.gallery = 0, gallery
+
+        def release(self):  # derive frees a scorer's kept activations after use
+            pass
 
         def per_batch(self, path):  # IN in the first block (in_res) buys `edge`; nothing else matters
             return [0.5 + (e if path[0] == 1 else 0.0) for e in edge]

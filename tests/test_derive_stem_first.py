@@ -62,6 +62,9 @@ def fake_scores(monkeypatch):
         def __init__(self, run, batches, data_root, device, gallery="batch", half=None):
             self.space, self.gallery = run.space, gallery
 
+        def release(self):  # derive frees a scorer's kept activations after use
+            pass
+
         def per_batch(self, path):
             return score(self.space, path)
 

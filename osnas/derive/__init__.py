@@ -83,13 +83,16 @@ def derive(run, cfg: DeriveConfig | None = None) -> Genotype:
     for k, (r, m, sc) in enumerate(zip(runs, cfg.methods, scorers), 1):
         t0 = time.time()
         alone.append(_read_one(r, m, sc, cfg))
+        if sc is not None:
+            sc.release()
         if m != "argmax":  # the selections that score the supernet take minutes at full size
             _say(f"run {k}/{len(runs)} read by {m} ({time.time() - t0:.0f} s)")
     g = alone[0] if len(runs) == 1 else select_vote(runs, alone)
     if cfg.against:  # every method is a retrieval selection (resolve): the people the choice never saw
         t0 = time.time()
-        fresh = [SubnetScorer(r, cfg.batches_for(m), cfg.data_root, cfg.device, "pooled", half=1)
-                 for r, m in zip(runs, cfg.methods)]
+        fresh = [SubnetScorer(r, cfg.batches_for(m), cfg.data_root, cfg.device, "pooled", half=1,
+                              loaded=sc.loaded if sc is not None else None)  # the same images, loaded once
+                 for r, m, sc in zip(runs, cfg.methods, scorers)]
         own = [[a.positions[p.name]["choice"] for p in space.positions] for a in alone]
         g = check_published(g, space, [f.per_batch for f in fresh], cfg.against, cfg.gate, own)
         _say(f"checked against {', '.join(cfg.against)} ({time.time() - t0:.0f} s)")

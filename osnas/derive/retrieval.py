@@ -17,7 +17,8 @@ BN recalibration: a weight-sharing supernet's running BN statistics belong to th
 BN layers are reset and re-estimated, as a cumulative average, on a few weight batches
 (single-path one-shot NAS does the same: Guo et al., "Single Path One-Shot Neural
 Architecture Search with Uniform Sampling", ECCV 2020). The supernet's weights are not
-touched and its statistics are restored afterwards.
+touched and its statistics are restored afterwards. Subnets that share the first steps of
+the network share their computation (prefix.py).
 
 Data: the run's own batches (SearchBatches.plan_steps from step 0 with the run's seed):
 validation = the alpha-step batches (for search.objective=unseen a source the weights never
@@ -52,13 +53,13 @@ after this selection, on the same scorer (moves.py, decide.py).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from osnas.derive.options import GATE as Z
+from osnas.derive.prefix import PrefixForward
 from osnas.derive.runs import SearchRun, _genotype, load_supernet
 from osnas.errors import OsnasError
 from osnas.models.genotype import Genotype
@@ -105,37 +106,6 @@ def identity_aps(features: torch.Tensor, pids: torch.Tensor) -> List[float]:
     return [float(ap[q == i].mean()) for i in torch.unique(q).tolist()]
 
 
-def batch_norms(model: torch.nn.Module) -> list:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-@contextmanager
-def recalibrated_bn(model: torch.nn.Module, forward: Callable, batches: Sequence):
-    """Inside: the model's BN running statistics re-estimated on `batches` (forward(x) in
-    train mode, cumulative average), model in eval mode; after: everything restored."""
-    bns = batch_norms(model)
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in bns]
-    was = model.training
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the recalibration batches
-        model.train()
-        with torch.no_grad():
-            for b in batches:
-                forward(b[0])
-        model.eval()
-        yield model
-    finally:
-        for m, (mom, mean, var, n) in zip(bns, saved):
-            m.momentum = mom
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(n)
-        model.train(was)
-
-
 HALVES = 2  # retrieval-pooled: the kept-out people split in two, one half to choose on, one to check on
 
 
@@ -154,13 +124,17 @@ class SubnetScorer:
     `scorer(path)` is the mean of the units. Cached per path."""
 
     def __init__(self, run, batches: int = 4, data_root: str | None = None, device: str = "auto",
-                 gallery: str = "batch", half: Optional[int] = None):
+                 gallery: str = "batch", half: Optional[int] = None, loaded=None):
         if gallery not in GALLERIES.values():
             raise OsnasError(f"unknown retrieval gallery {gallery!r}; valid: {', '.join(GALLERIES.values())}")
         if half is not None and gallery != "pooled":
             raise OsnasError("a half of the kept-out identities is a setting of the pooled gallery")
         self.gallery, self.half = gallery, half
-        sc = load_supernet(run, batches * (HALVES if half is not None else 1), data_root, device, weight_batches=True)
+        n = batches * (HALVES if half is not None else 1)
+        # `loaded`: the same run loaded by another scorer with as many batches (the other half)
+        sc = loaded if loaded is not None and loaded.batches == n else load_supernet(run, n, data_root, device,
+                                                                                      weight_batches=True)
+        self.loaded = sc
         self.model, self.device = sc.model, sc.device
         self.calib = sc.calib[: len(sc.calib) // HALVES] if half is not None else sc.calib
         if gallery == "pooled":
@@ -172,7 +146,12 @@ class SubnetScorer:
         if not enough:  # one unit gives no standard error: no difference could be told from noise
             raise OsnasError(f"{run.path}: retrieval needs at least 2 validation {'batches' if gallery == 'batch' else 'identities'} "
                              f"with two images of one identity to estimate its noise (raise --batches)")
+        self.forward = PrefixForward(self.model, self.calib, self.val)  # steps shared by paths run once
         self.cache: Dict[Tuple[int, ...], List[float]] = {}
+
+    def release(self) -> None:
+        """Free the kept activations (the scores stay cached): call when done scoring."""
+        self.forward.kept.clear()
 
     @property
     def evaluations(self) -> int:
@@ -181,9 +160,7 @@ class SubnetScorer:
     def per_batch(self, path: Sequence[int]) -> List[float]:
         key = tuple(int(c) for c in path)
         if key not in self.cache:
-            fwd = lambda x: self.model(x, path=list(key))  # noqa: E731
-            with recalibrated_bn(self.model, fwd, self.calib), torch.no_grad():
-                feats = [fwd(b[0]) for b in self.val]  # per batch (B, D)
+            feats = self.forward.embeddings(key)  # per batch (B, D)
             if self.gallery == "pooled":
                 self.cache[key] = identity_aps(torch.cat(feats), torch.cat([b[1] for b in self.val]).cpu())
             else:

@@ -160,6 +160,7 @@ class Scoring:
     calib: Optional[list]  # the weight batches of the same steps (when asked for)
     device: torch.device
     val_index: Optional[list] = None  # per alpha batch, the dataset index of each image (a PK stream repeats images)
+    batches: int = 0  # the `batches` it was loaded with
 
 
 def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None, device: str = "auto",
@@ -195,4 +196,4 @@ def load_supernet(run: SearchRun, batches: int = 4, data_root: str | None = None
         return [[t.to(dev) for t in b] for b in batch_loader(data.dataset, keys, 0)]
 
     return Scoring(model.to(dev).eval(), data, load(plan[1::2]), load(plan[0::2]) if weight_batches else None, dev,
-                   [[int(k[0]) for k in keys] for keys in plan[1::2]])
+                   [[int(k[0]) for k in keys] for keys in plan[1::2]], batches)

@@ -41,6 +41,9 @@ WIDTHS = {
 }
 STAGES = ("conv2", "conv3", "conv4")
 BLOCKS_PER_STAGE = 2
+# the forward, step by step (OSNet.step): each a unit of normalisation sites, then the head
+STEPS = ("stem", "conv2.0", "conv2.1", "pool2", "conv3.0", "conv3.1", "pool3",
+         "conv4.0", "conv4.1", "conv5", "head")
 T_STREAMS = 4
 SITE_OPS = {"stem": ("bn", "in"), "end": ("bn", "in", "none"), "post": ("none", "in", "bn"),
             "pool": ("bn", "in"), "conv5": ("bn", "in")}
@@ -392,24 +395,29 @@ class OSNet(nn.Module):
         return [s for s, ops in self.plan.items() if ops == ["in"]]
 
     # -- forward
-    def featuremaps(self, x: torch.Tensor, mix: Optional[Dict[str, List[Combo]]] = None) -> torch.Tensor:
+    def step(self, name: str, x: torch.Tensor, mix: Optional[Dict[str, List[Combo]]] = None):
+        """One step of the forward, by its unit's name (STEPS, in order): the unit with its
+        combos from `mix` where it has some, and the fixed pooling after it. Callers that run
+        part of the network (derive scores subnets that share a prefix once) chain steps."""
         mix = mix or {}
-        x = self.conv1(x, mix.get("stem")) if "stem" in mix else self.conv1(x)
-        x = self.maxpool(x)
-        for s, stage in enumerate(STAGES):
-            for i, block in enumerate(getattr(self, stage)):
-                u = f"{stage}.{i}"
-                x = block(x, mix[u]) if u in mix else block(x)
-            if s < 2:
-                u = f"pool{s + 2}"
-                x = getattr(self, u)(x, mix[u]) if u in mix else getattr(self, u)(x)
-                if s == 0 or self.last_stride == 2:
-                    x = F.avg_pool2d(x, 2, stride=2)
-        return self.conv5(x, mix["conv5"]) if "conv5" in mix else self.conv5(x)
+        if name == "head":  # x: the last feature maps (B, c3, h, w)
+            return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))  # (B, c3) into the head
+        unit = self.conv1 if name == "stem" else (
+            getattr(self, name.split(".")[0])[int(name.split(".")[1])] if "." in name else getattr(self, name))
+        x = unit(x, mix[name]) if name in mix else unit(x)
+        if name == "stem":
+            return self.maxpool(x)
+        if name == "pool2" or (name == "pool3" and self.last_stride == 2):
+            return F.avg_pool2d(x, 2, stride=2)
+        return x
+
+    def featuremaps(self, x: torch.Tensor, mix: Optional[Dict[str, List[Combo]]] = None) -> torch.Tensor:
+        for name in STEPS[:-1]:
+            x = self.step(name, x, mix)
+        return x  # (B, c3, h, w)
 
     def forward(self, x: torch.Tensor, mix: Optional[Dict[str, List[Combo]]] = None):
-        f = F.adaptive_avg_pool2d(self.featuremaps(x, mix), 1).flatten(1)  # (B, c3)
-        return self.head(f)
+        return self.step("head", self.featuremaps(x, mix), mix)
 
 
 def derived_state_dict(supernet_state: dict, plan: Dict[str, List[str]],
