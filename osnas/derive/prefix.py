@@ -107,7 +107,7 @@ class PrefixForward:
 
         with recalibrated_bn(self.supernet, lambda x: run(x, 0), [[a] for a in calib]), torch.no_grad():
             out = [run(a, 1) for a in val]  # per batch (B, D)
-        for k, c, v, size in collect.complete(len(calib), len(val)):
+        for k, c, v, size in collect.complete():
             self._keep(keys[k], c, v, size)
         return out
 
@@ -136,8 +136,8 @@ class _Collector:
         self.parts[k][part].append(x)
         self.size[k] += n
 
-    def complete(self, n_calib: int, n_val: int):
-        """(step, calib activations, val activations, bytes) of each boundary kept whole, the
-        shallow ones first so that the deepest are the most recently used."""
-        return [(k, c, v, self.size[k]) for k, (c, v) in self.parts.items()
-                if len(c) == n_calib and len(v) == n_val]
+    def complete(self):
+        """(step, calib activations, val activations, bytes) of each boundary not dropped (a
+        dropped one is gone for the rest of the pass, so what is left is whole), the shallow
+        ones first so that the deepest are the most recently used."""
+        return [(k, c, v, self.size[k]) for k, (c, v) in self.parts.items()]

@@ -402,8 +402,13 @@ class OSNet(nn.Module):
         mix = mix or {}
         if name == "head":  # x: the last feature maps (B, c3, h, w)
             return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))  # (B, c3) into the head
-        unit = self.conv1 if name == "stem" else (
-            getattr(self, name.split(".")[0])[int(name.split(".")[1])] if "." in name else getattr(self, name))
+        if name == "stem":
+            unit = self.conv1
+        elif "." in name:  # a block: stage.index
+            stage, i = name.split(".")
+            unit = getattr(self, stage)[int(i)]
+        else:  # pool2, pool3, conv5
+            unit = getattr(self, name)
         x = unit(x, mix[name]) if name in mix else unit(x)
         if name == "stem":
             return self.maxpool(x)
